@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine with python3 and make:
+#   make demo   - create .venv, install, run the demo
+#   make test   - create .venv, install, lint, type-check, run the tests with coverage
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+PACKAGES := trio_resilience tests examples benchmarks
+
+.PHONY: test demo lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(PACKAGES)
+	$(BIN)/ruff format --check $(PACKAGES)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict trio_resilience
+
+pytest: $(STAMP)
+	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage report --fail-under=90
+
+demo: $(STAMP)
+	$(BIN)/trio-resilience demo
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .coverage .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,869 @@
+"""CircuitBreaker: the contract in API.md, on an autojump clock with exact times."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from trio_resilience import (
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitBreakerStatistics,
+    CircuitOpenError,
+    CircuitState,
+    ExponentialBackoff,
+    LinearBackoff,
+    StateChange,
+)
+
+from .conftest import Boom
+
+
+async def ok() -> str:
+    await trio.lowlevel.checkpoint()
+    return "ok"
+
+
+async def fail() -> None:
+    await trio.lowlevel.checkpoint()
+    raise Boom("down")
+
+
+async def fail_times(breaker: CircuitBreaker, n: int) -> None:
+    for _ in range(n):
+        with pytest.raises(Boom):
+            await breaker.call(fail)
+
+
+def open_breaker(**kwargs: Any) -> CircuitBreaker:
+    kwargs.setdefault("failure_threshold", 2)
+    kwargs.setdefault("recovery_timeout", 10.0)
+    kwargs.setdefault("success_threshold", 2)
+    kwargs.setdefault("half_open_max_calls", 2)
+    return CircuitBreaker("t", **kwargs)
+
+
+# ------------------------------------------------------------------ closed state
+
+
+async def test_defaults_follow_the_seed() -> None:
+    """Defaults are the seed's: 5 failures in 60 s, 30 s open, 3 successes, 3 probes."""
+    b = CircuitBreaker()
+    assert b.name == "default"
+    assert b.failure_threshold == 5
+    assert b.failure_window == 60.0
+    assert b.recovery_timeout == 30.0
+    assert b.success_threshold == 3
+    assert b.half_open_max_calls == 3
+    assert b.failure_rate_threshold is None
+    assert b.minimum_calls == 10
+    assert b.slow_call_duration is None
+    assert b.failure_on is Exception
+    assert b.ignore_on == ()
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_closed_breaker_passes_results_and_errors_through() -> None:
+    """A closed breaker returns the result and re-raises the very same exception."""
+    b = CircuitBreaker()
+    assert await b.call(ok) == "ok"
+    err = Boom("x")
+
+    async def raiser() -> None:
+        raise err
+
+    with pytest.raises(Boom) as info:
+        await b.call(raiser)
+    assert info.value is err
+
+
+async def test_call_passes_args_and_kwargs() -> None:
+    """call(fn, *args, **kwargs) forwards both."""
+    b = CircuitBreaker()
+
+    async def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    assert await b.call(add, 1, b=2) == 3
+
+
+async def test_trips_at_failure_threshold(autojump_clock: trio.testing.MockClock) -> None:
+    """The threshold-th failure within the window opens the breaker."""
+    b = CircuitBreaker(failure_threshold=3)
+    await fail_times(b, 2)
+    assert b.state is CircuitState.CLOSED
+    await fail_times(b, 1)
+    assert b.state is CircuitState.OPEN
+    assert b.statistics().times_opened == 1
+
+
+async def test_window_is_a_true_sliding_window(autojump_clock: trio.testing.MockClock) -> None:
+    """A failure at t counts until t + failure_window and not at that instant."""
+    b = CircuitBreaker(failure_threshold=3, failure_window=60.0)
+    await fail_times(b, 1)  # t=0
+    await trio.sleep(30)
+    await fail_times(b, 1)  # t=30
+    await trio.sleep(30)  # t=60: the first failure no longer counts
+    assert trio.current_time() == 60.0
+    assert b.statistics().failures_in_window == 1
+    await fail_times(b, 1)  # t=60: 30 and 60 count
+    assert b.state is CircuitState.CLOSED
+    await trio.sleep(29.5)
+    await fail_times(b, 1)  # t=89.5: 30, 60, 89.5
+    assert b.state is CircuitState.OPEN
+
+
+async def test_success_does_not_erase_failures(autojump_clock: trio.testing.MockClock) -> None:
+    """Successes between failures leave the earlier failures counted."""
+    b = CircuitBreaker(failure_threshold=3)
+    for _ in range(2):
+        await fail_times(b, 1)
+        for _ in range(50):
+            await b.call(ok)
+    assert b.statistics().failures_in_window == 2
+    await fail_times(b, 1)
+    assert b.state is CircuitState.OPEN
+
+
+async def test_calls_in_window_counts_successes_and_failures(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """calls_in_window counts both outcomes and forgets them after the window."""
+    b = CircuitBreaker(failure_threshold=10, failure_window=10.0)
+    for _ in range(100):
+        await b.call(ok)
+    await fail_times(b, 2)
+    stats = b.statistics()
+    assert stats.calls_in_window == 102
+    assert stats.failures_in_window == 2
+    await trio.sleep(11)
+    stats = b.statistics()
+    assert stats.calls_in_window == 0
+    assert stats.failures_in_window == 0
+
+
+async def test_failure_memory_is_bounded_by_threshold() -> None:
+    """However many failures arrive, at most failure_threshold timestamps are kept."""
+    b = CircuitBreaker(failure_threshold=3, failure_window=1e9, recovery_timeout=0.0)
+    for _ in range(100):
+        await fail_times(b, 1)
+        b.reset()
+    assert len(b._failures) <= 3
+
+
+# ------------------------------------------------------------------ open state
+
+
+async def test_open_rejects_at_once_without_running_the_body(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Open: CircuitOpenError with name, state and exact retry_after; body never runs."""
+    b = open_breaker(recovery_timeout=30.0)
+    await fail_times(b, 2)
+    await trio.sleep(12.5)
+    ran = []
+
+    async def body() -> None:
+        ran.append(1)
+
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(body)
+    assert ran == []
+    assert info.value.name == "t"
+    assert info.value.state is CircuitState.OPEN
+    assert info.value.retry_after == 17.5
+    assert trio.current_time() == 12.5
+    assert b.statistics().total_rejected == 1
+    assert b.statistics().total_calls == 2
+
+
+async def test_rejection_is_a_checkpoint() -> None:
+    """A refused call is still a checkpoint, as every Trio async API."""
+    b = open_breaker()
+    await fail_times(b, 2)
+    with trio.testing.assert_checkpoints(), pytest.raises(CircuitOpenError):
+        await b.call(ok)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):
+            await b.call(ok)
+
+
+async def test_state_reads_half_open_from_recovery_deadline_inclusive(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """From opened_at + recovery_timeout on, state is HALF_OPEN; the next call applies it."""
+    b = open_breaker(recovery_timeout=10.0)
+    await fail_times(b, 2)
+    await trio.sleep(9.999)
+    assert b.state is CircuitState.OPEN
+    await trio.sleep(0.001)
+    assert trio.current_time() == pytest.approx(10.0)
+    await trio.sleep(10.0 - trio.current_time())
+    assert b.state is CircuitState.HALF_OPEN
+    assert b.statistics().state is CircuitState.HALF_OPEN
+    assert b.state_value.value is CircuitState.OPEN  # not applied yet
+    assert [e["new_state"] for e in logs] == ["open"]
+    assert await b.call(ok) == "ok"
+    assert b.state_value.value is CircuitState.HALF_OPEN
+    assert [e["new_state"] for e in logs] == ["open", "half_open"]
+
+
+# ------------------------------------------------------------------ half-open state
+
+
+async def test_half_open_storm_admits_only_max_calls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ten callers right after the timeout: half_open_max_calls pass, the rest are refused."""
+    b = open_breaker(half_open_max_calls=3, success_threshold=5)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    reached = 0
+    rejected: list[CircuitOpenError] = []
+
+    async def upstream() -> None:
+        nonlocal reached
+        reached += 1
+        await trio.sleep(1)
+
+    async def caller() -> None:
+        try:
+            await b.call(upstream)
+        except CircuitOpenError as exc:
+            rejected.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        assert b.statistics().half_open_in_flight == 3
+    assert reached == 3
+    assert len(rejected) == 7
+    assert all(e.retry_after == 0.0 and e.state is CircuitState.HALF_OPEN for e in rejected)
+    assert b.half_open_limiter.borrowed_tokens == 0
+
+
+async def test_success_threshold_closes_with_an_empty_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """success_threshold consecutive probe successes close the breaker, window empty."""
+    b = open_breaker(success_threshold=3)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    await b.call(ok)
+    await b.call(ok)
+    assert b.state is CircuitState.HALF_OPEN
+    assert b.statistics().consecutive_successes == 2
+    await b.call(ok)
+    assert b.state is CircuitState.CLOSED
+    stats = b.statistics()
+    assert stats.failures_in_window == 0
+    assert stats.calls_in_window == 0
+    await fail_times(b, 1)
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_half_open_failure_reopens(autojump_clock: trio.testing.MockClock) -> None:
+    """Any probe failure re-opens the breaker for another recovery_timeout."""
+    b = open_breaker()
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    await b.call(ok)
+    await fail_times(b, 1)
+    assert b.state is CircuitState.OPEN
+    assert b.retry_after == 10.0
+    assert b.statistics().times_opened == 2
+
+
+async def test_backoff_recovery_timeout_grows_and_restarts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A Backoff gives its first delay on a trip, the next on each re-trip, anew after close."""
+    b = open_breaker(recovery_timeout=LinearBackoff(5.0), success_threshold=1)
+    await fail_times(b, 2)
+    assert b.retry_after == 5.0
+    await trio.sleep(5)
+    await fail_times(b, 1)  # probe fails: re-trip
+    assert b.retry_after == 10.0
+    await trio.sleep(10)
+    await fail_times(b, 1)
+    assert b.retry_after == 15.0
+    await trio.sleep(15)
+    await b.call(ok)  # closes
+    assert b.state is CircuitState.CLOSED
+    await fail_times(b, 2)
+    assert b.retry_after == 5.0
+
+
+async def test_cancelled_probe_returns_its_permit_and_counts_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cancelled half-open probe gives its permit back and changes no counter."""
+    b = open_breaker(half_open_max_calls=1)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    with trio.move_on_after(1):
+        await b.call(trio.sleep_forever)
+    stats = b.statistics()
+    assert stats.state is CircuitState.HALF_OPEN
+    assert stats.half_open_in_flight == 0
+    assert stats.consecutive_successes == 0
+    assert stats.total_cancelled == 1
+    assert stats.total_failures == 2
+    assert await b.call(ok) == "ok"  # the permit is free again
+
+
+async def test_cancellation_in_closed_counts_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelled closed-state calls are neither failures nor successes."""
+    b = CircuitBreaker(failure_threshold=1)
+    for _ in range(5):
+        with trio.move_on_after(1):
+            await b.call(trio.sleep_forever)
+        with trio.move_on_after(1):
+            async with b:
+                await trio.sleep_forever()
+    stats = b.statistics()
+    assert stats.state is CircuitState.CLOSED
+    assert stats.total_cancelled == 10
+    assert stats.total_failures == 0
+    assert stats.total_successes == 0
+    assert stats.calls_in_window == 0
+
+
+async def test_cancelled_group_counts_nothing_but_real_failures_count(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A group of only cancellations is nothing; a group with a failure leaf is a failure."""
+    b = CircuitBreaker(failure_threshold=1)
+
+    async def group_of_cancelled() -> None:
+        raise BaseExceptionGroup("g", [KeyboardInterrupt()])
+
+    with pytest.raises(BaseExceptionGroup):
+        await b.call(group_of_cancelled)
+    assert b.state is CircuitState.CLOSED
+
+    async def nursery_failure() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(trio.sleep_forever)
+            await fail()
+
+    with pytest.raises(ExceptionGroup):
+        await b.call(nursery_failure)
+    assert b.state is CircuitState.OPEN
+
+
+# ------------------------------------------------------------------ generations
+
+
+async def test_closed_call_finishing_in_half_open_is_stale(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call admitted while closed that fails during half-open never re-opens it."""
+    b = open_breaker(failure_threshold=2)
+    release = trio.Event()
+
+    async def slow_fail() -> None:
+        await release.wait()
+        raise Boom
+
+    async def slow_caller() -> None:
+        with pytest.raises(Boom):
+            await b.call(slow_fail)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_caller)
+        await trio.testing.wait_all_tasks_blocked()
+        await fail_times(b, 2)  # opens
+        await trio.sleep(10)
+        await b.call(ok)  # half-open, 1/2 successes
+        release.set()
+    stats = b.statistics()
+    assert stats.state is CircuitState.HALF_OPEN
+    assert stats.consecutive_successes == 1
+    assert stats.total_failures == 3  # lifetime totals see the stale failure
+
+
+async def test_async_with_stale_closed_call_never_touches_later_generation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same generation rule holds for async with entered in the fast path."""
+    b = open_breaker(failure_threshold=2, success_threshold=1)
+    release = trio.Event()
+
+    async def slow_failer() -> None:
+        with pytest.raises(Boom):
+            async with b:
+                await release.wait()
+                raise Boom
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_failer)
+        await trio.testing.wait_all_tasks_blocked()
+        await fail_times(b, 2)
+        await trio.sleep(10)
+        async with b:  # the probe closes it: a new closed generation
+            pass
+        assert b.state is CircuitState.CLOSED
+        async with b:  # entered while the stale entry is still in flight
+            release.set()
+            await trio.lowlevel.checkpoint()
+    stats = b.statistics()
+    assert stats.state is CircuitState.CLOSED
+    assert stats.failures_in_window == 0
+    assert stats.total_failures == 3
+    assert b._entries == {}
+
+
+async def test_probe_of_earlier_half_open_period_is_stale(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A probe from an earlier half-open period touches neither counters nor permits."""
+    b = open_breaker(half_open_max_calls=1, success_threshold=1)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    release = trio.Event()
+    first_limiter = b.half_open_limiter
+
+    async def slow_ok() -> str:
+        await release.wait()
+        return "late"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.call, slow_ok)  # probe 1 of period 1
+        await trio.testing.wait_all_tasks_blocked()
+        # Reopen through a second path: force and reset the generation to a new period.
+        b.force_open()
+        b.reset()
+        await fail_times(b, 2)
+        await trio.sleep(10)
+        assert await b.call(ok) == "ok"  # period 2's permit was free
+        assert b.state is CircuitState.CLOSED
+        release.set()
+    assert first_limiter.borrowed_tokens == 0
+    assert b.state is CircuitState.CLOSED
+    assert b.statistics().total_successes == 2
+
+
+# ------------------------------------------------------------------ classification
+
+
+async def test_ignore_on_counts_nothing_and_wins_over_failure_on() -> None:
+    """An exception matching ignore_on is neither failure nor success."""
+    b = CircuitBreaker(failure_threshold=1, failure_on=Exception, ignore_on=KeyError)
+
+    async def key_error() -> None:
+        raise KeyError("k")
+
+    for _ in range(3):
+        with pytest.raises(KeyError):
+            await b.call(key_error)
+    stats = b.statistics()
+    assert stats.state is CircuitState.CLOSED
+    assert stats.total_ignored == 3
+    assert stats.total_successes == 0
+
+
+async def test_exceptions_outside_failure_on_are_successes() -> None:
+    """Any exception that failure_on does not match counts as a success."""
+    b = CircuitBreaker(failure_threshold=1, failure_on=(OSError, TimeoutError))
+    with pytest.raises(Boom):
+        await b.call(fail)
+    assert b.state is CircuitState.CLOSED
+    assert b.statistics().total_successes == 1
+
+
+async def test_predicate_specs_see_group_leaves() -> None:
+    """Predicates are applied to the leaves of an ExceptionGroup."""
+    seen: list[BaseException] = []
+
+    def is_boom(exc: BaseException) -> bool:
+        seen.append(exc)
+        return isinstance(exc, Boom)
+
+    b = CircuitBreaker(failure_threshold=1, failure_on=is_boom)
+
+    async def group() -> None:
+        raise ExceptionGroup("g", [ValueError(), ExceptionGroup("h", [Boom()])])
+
+    with pytest.raises(ExceptionGroup):
+        await b.call(group)
+    assert b.state is CircuitState.OPEN
+    assert all(not isinstance(e, BaseExceptionGroup) for e in seen)
+
+
+async def test_group_is_ignored_only_when_every_leaf_is_ignored() -> None:
+    """A group with one ignored leaf and one failing leaf is a failure."""
+    b = CircuitBreaker(failure_threshold=1, ignore_on=KeyError)
+
+    async def mixed() -> None:
+        raise ExceptionGroup("g", [KeyError(), Boom()])
+
+    async def all_ignored() -> None:
+        raise ExceptionGroup("g", [KeyError(), KeyError()])
+
+    with pytest.raises(ExceptionGroup):
+        await b.call(all_ignored)
+    assert b.statistics().total_ignored == 1
+    with pytest.raises(ExceptionGroup):
+        await b.call(mixed)
+    assert b.state is CircuitState.OPEN
+
+
+async def test_slow_success_is_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+    """A success slower than slow_call_duration (strictly) counts as a failure."""
+    b = CircuitBreaker(failure_threshold=2, slow_call_duration=1.0)
+
+    async def take(seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "done"
+
+    assert await b.call(take, 1.0) == "done"  # exactly the limit: not slow
+    assert b.statistics().total_failures == 0
+    assert await b.call(take, 1.5) == "done"
+    async with b:
+        await trio.sleep(2)
+    stats = b.statistics()
+    assert stats.total_failures == 2
+    assert stats.state is CircuitState.OPEN
+
+
+# ------------------------------------------------------------------ rate rule
+
+
+async def test_failure_rate_trips_once_minimum_calls_seen(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The rate rule needs minimum_calls calls and a rate at or above the threshold."""
+    b = CircuitBreaker(
+        failure_threshold=None, failure_rate_threshold=0.5, minimum_calls=10, failure_window=10
+    )
+    await fail_times(b, 6)
+    assert b.state is CircuitState.CLOSED  # only 6 calls
+    for _ in range(3):
+        await b.call(ok)
+    assert b.state is CircuitState.CLOSED  # 9 calls
+    await b.call(ok)  # 10 calls, 6 failures: 60% >= 50%
+    assert b.state is CircuitState.OPEN
+
+
+async def test_failure_rate_window_forgets_old_buckets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calls older than the window (to one bucket) leave the rate computation."""
+    b = CircuitBreaker(
+        failure_threshold=None, failure_rate_threshold=0.5, minimum_calls=4, failure_window=10
+    )
+    await fail_times(b, 3)
+    await trio.sleep(11)
+    assert b.statistics().calls_in_window == 0
+    for _ in range(4):
+        await b.call(ok)
+    await fail_times(b, 3)  # 3 / 7 < 0.5
+    assert b.state is CircuitState.CLOSED
+    await fail_times(b, 1)  # 4 / 8
+    assert b.state is CircuitState.OPEN
+
+
+# ------------------------------------------------------------------ controls
+
+
+async def test_force_open_disable_reset(autojump_clock: trio.testing.MockClock) -> None:
+    """force_open rejects with inf; disable passes and counts nothing; reset closes."""
+    b = CircuitBreaker(failure_threshold=1)
+    b.force_open()
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.retry_after == math.inf
+    assert info.value.state is CircuitState.FORCED_OPEN
+    await trio.sleep(10_000)
+    assert b.state is CircuitState.FORCED_OPEN
+    b.disable()
+    await fail_times(b, 5)
+    assert await b.call(ok) == "ok"
+    async with b:
+        pass
+    stats = b.statistics()
+    assert stats.state is CircuitState.DISABLED
+    assert stats.total_failures == 0
+    assert stats.total_calls == 0
+    b.reset()
+    assert b.state is CircuitState.CLOSED
+    await fail_times(b, 1)
+    assert b.state is CircuitState.OPEN
+
+
+async def test_wait_closed_returns_on_close(autojump_clock: trio.testing.MockClock) -> None:
+    """wait_closed blocks while open and returns when a probe closes the breaker."""
+    b = open_breaker(success_threshold=1)
+    await b.wait_closed()  # closed: returns at once
+    await fail_times(b, 2)
+    closed_at: list[float] = []
+
+    async def waiter() -> None:
+        await b.wait_closed()
+        closed_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(15)
+        assert closed_at == []
+        await b.call(ok)
+    assert closed_at == [15.0]
+
+
+async def test_state_change_listener_receives_every_transition(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """on_state_change sees each transition with reason and Trio time."""
+    changes: list[StateChange] = []
+    b = open_breaker(on_state_change=changes.append, success_threshold=1)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    await b.call(ok)
+    b.force_open()
+    b.disable()
+    b.reset()
+    assert [(c.old_state, c.new_state, c.reason, c.at) for c in changes] == [
+        ("closed", "open", "failure_threshold", 0.0),
+        ("open", "half_open", "recovery_timeout", 10.0),
+        ("half_open", "closed", "success_threshold", 10.0),
+        ("closed", "forced_open", "force_open", 10.0),
+        ("forced_open", "disabled", "disable", 10.0),
+        ("disabled", "closed", "reset", 10.0),
+    ]
+    assert all(c.name == "t" for c in changes)
+
+
+async def test_listener_errors_are_logged_and_never_change_the_outcome(
+    logs: list[dict[str, Any]],
+) -> None:
+    """A raising listener is logged as listener_failed; the call's own error stands."""
+
+    def broken(change: StateChange) -> None:
+        raise RuntimeError("listener bug")
+
+    b = CircuitBreaker("x", failure_threshold=1, on_state_change=broken)
+    with pytest.raises(Boom):
+        await b.call(fail)
+    assert b.state is CircuitState.OPEN
+    failed = [e for e in logs if e["event"] == "trio_resilience.breaker.listener_failed"]
+    assert len(failed) == 1
+    assert failed[0]["breaker"] == "x"
+    assert "listener bug" in failed[0]["error"]
+
+
+async def test_state_change_is_logged_with_every_key(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """One state_changed event per transition, nothing for calls that change no state."""
+    b = CircuitBreaker("db", failure_threshold=2, recovery_timeout=30.0)
+    for _ in range(100):
+        await b.call(ok)
+    assert logs == []
+    await fail_times(b, 2)
+    assert logs == [
+        {
+            "event": "trio_resilience.breaker.state_changed",
+            "log_level": "warning",
+            "breaker": "db",
+            "old_state": CircuitState.CLOSED,
+            "new_state": CircuitState.OPEN,
+            "reason": "failure_threshold",
+            "failures_in_window": 2,
+            "retry_after": 30.0,
+        }
+    ]
+
+
+async def test_statistics_is_a_frozen_snapshot(autojump_clock: trio.testing.MockClock) -> None:
+    """statistics() has every contract field and cannot be mutated."""
+    b = CircuitBreaker(failure_threshold=3)
+    await b.call(ok)
+    await fail_times(b, 1)
+    stats = b.statistics()
+    assert isinstance(stats, CircuitBreakerStatistics)
+    assert (stats.total_calls, stats.total_successes, stats.total_failures) == (2, 1, 1)
+    assert stats.retry_after == 0.0
+    assert stats.half_open_in_flight == 0
+    with pytest.raises(AttributeError):
+        stats.total_calls = 5  # type: ignore[misc]
+
+
+async def test_repr_shows_live_state(autojump_clock: trio.testing.MockClock) -> None:
+    """The repr names the breaker, its state and the failure count."""
+    b = CircuitBreaker("db", failure_threshold=5)
+    assert repr(b) == "<CircuitBreaker 'db' closed 0/5 failures>"
+    await fail_times(b, 5)
+    assert repr(b) == "<CircuitBreaker 'db' open 0/5 failures>"
+
+
+# ------------------------------------------------------------------ three uses, one engine
+
+
+async def test_decorator_keeps_metadata_and_uses_the_breaker() -> None:
+    """@breaker wraps an async function, keeping its name and doc."""
+    b = CircuitBreaker(failure_threshold=1)
+
+    @b
+    async def fetch(x: int) -> int:
+        """Fetch x."""
+        if x < 0:
+            raise Boom
+        return x * 2
+
+    assert fetch.__name__ == "fetch"
+    assert fetch.__doc__ == "Fetch x."
+    assert await fetch(2) == 4
+    with pytest.raises(Boom):
+        await fetch(-1)
+    with pytest.raises(CircuitOpenError):
+        await fetch(2)
+
+
+def test_decorator_refuses_sync_functions() -> None:
+    """Decorating a sync function is a TypeError at decoration time."""
+    b = CircuitBreaker()
+    with pytest.raises(TypeError, match=r"^@CircuitBreaker decorates async functions"):
+        b(lambda: 1)  # type: ignore[arg-type]
+
+
+async def test_async_with_shares_the_engine(autojump_clock: trio.testing.MockClock) -> None:
+    """async with counts exactly like call()."""
+    b = open_breaker()
+    for _ in range(2):
+        with pytest.raises(Boom):
+            async with b:
+                raise Boom
+    with pytest.raises(CircuitOpenError):
+        async with b:
+            pytest.fail("body must not run")
+    await trio.sleep(10)
+    async with b:
+        pass
+    async with b:
+        pass
+    assert b.state is CircuitState.CLOSED
+    assert b._entries == {}
+
+
+async def test_async_with_nested_in_one_task(autojump_clock: trio.testing.MockClock) -> None:
+    """Entering the same breaker twice in one task settles each entry once."""
+    b = open_breaker(half_open_max_calls=2, success_threshold=3)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    async with b:
+        async with b:
+            assert b.statistics().half_open_in_flight == 2
+        assert b.statistics().half_open_in_flight == 1
+    assert b.statistics().consecutive_successes == 2
+    assert b._entries == {}
+
+
+async def test_exit_without_enter_is_an_error() -> None:
+    """__aexit__ without a matching __aenter__ raises RuntimeError."""
+    b = CircuitBreaker()
+    with pytest.raises(RuntimeError, match="exited more often than it was entered"):
+        await b.__aexit__(None, None, None)
+
+
+async def test_breaker_built_at_module_scope_works_in_two_runs() -> None:
+    """A breaker needs no running Trio to be built and works in any run."""
+    assert repr(MODULE_BREAKER).startswith("<CircuitBreaker 'module' closed")
+    assert await MODULE_BREAKER.call(ok) == "ok"
+
+
+MODULE_BREAKER = CircuitBreaker("module")
+
+
+# ------------------------------------------------------------------ registry
+
+
+async def test_registry_returns_one_breaker_per_name() -> None:
+    """get() creates on first use with defaults and overrides, then returns the same one."""
+    reg = BreakerRegistry(failure_threshold=7)
+    a = reg.get("a", recovery_timeout=5.0)
+    assert reg.get("a", recovery_timeout=99.0) is a
+    assert a.failure_threshold == 7
+    assert a.recovery_timeout == 5.0
+    assert reg.get("b").recovery_timeout == 30.0
+    assert set(reg.statistics()) == {"a", "b"}
+    assert "a" in reg
+    assert len(reg) == 2
+    assert [b.name for b in reg] == ["a", "b"]
+    assert repr(reg) == "<BreakerRegistry 2 breakers>"
+
+
+def test_registry_validates_defaults_at_once() -> None:
+    """Bad defaults fail when the registry is built, not on first use."""
+    with pytest.raises(ValueError, match=r"^failure_threshold must be >= 1, got 0$"):
+        BreakerRegistry(failure_threshold=0)
+    with pytest.raises(TypeError, match="name"):
+        BreakerRegistry(name="x")
+
+
+# ------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"failure_threshold": 0}, ValueError, r"^failure_threshold must be >= 1, got 0$"),
+        ({"failure_threshold": 1.5}, TypeError, r"^failure_threshold must be an int, got 1.5$"),
+        ({"failure_threshold": True}, TypeError, r"^failure_threshold must be an int, got True$"),
+        ({"failure_window": 0}, ValueError, r"^failure_window must be > 0, got 0$"),
+        ({"failure_window": "1"}, TypeError, r"^failure_window must be a number, got '1'$"),
+        (
+            {"failure_rate_threshold": 1.5},
+            ValueError,
+            r"^failure_rate_threshold must be <= 1, got 1.5$",
+        ),
+        ({"failure_rate_threshold": 0}, ValueError, r"^failure_rate_threshold must be > 0, got 0$"),
+        ({"minimum_calls": 0}, ValueError, r"^minimum_calls must be >= 1, got 0$"),
+        ({"slow_call_duration": -1}, ValueError, r"^slow_call_duration must be >= 0, got -1$"),
+        ({"recovery_timeout": -1.0}, ValueError, r"^recovery_timeout must be >= 0, got -1.0$"),
+        ({"recovery_timeout": "x"}, TypeError, r"^recovery_timeout must be a number or a Backoff"),
+        ({"success_threshold": 0}, ValueError, r"^success_threshold must be >= 1, got 0$"),
+        ({"half_open_max_calls": 0}, ValueError, r"^half_open_max_calls must be >= 1, got 0$"),
+        ({"failure_on": 3}, TypeError, r"^failure_on must be an exception type"),
+        ({"ignore_on": (KeyError, 1)}, TypeError, r"^ignore_on must be .* item 1 is 1$"),
+        ({"on_state_change": 1}, TypeError, r"^on_state_change must be callable or None, got 1$"),
+        ({"logger": object()}, TypeError, r"^logger must have sync info/warning/error methods"),
+        ({"failure_window": math.nan}, ValueError, r"^failure_window must not be NaN, got nan$"),
+    ],
+)
+def test_bad_arguments_are_rejected_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Every bad argument raises at construction with the parameter and value named."""
+    with pytest.raises(error, match=message):
+        CircuitBreaker(**kwargs)
+
+
+def test_bad_name_is_rejected() -> None:
+    """The name must be a non-empty str."""
+    with pytest.raises(TypeError, match=r"^name must be a str, got 1$"):
+        CircuitBreaker(1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("name must not be empty, got ''")):
+        CircuitBreaker("")
+
+
+async def test_recovery_backoff_accepts_exponential(autojump_clock: trio.testing.MockClock) -> None:
+    """An ExponentialBackoff without jitter doubles the open period on re-trips."""
+    b = open_breaker(
+        recovery_timeout=ExponentialBackoff(base=1.0, multiplier=2.0, jitter_factor=0.0)
+    )
+    await fail_times(b, 2)
+    assert b.retry_after == 1.0
+    await trio.sleep(1)
+    await fail_times(b, 1)
+    assert b.retry_after == 2.0

@@ -1,0 +1,38 @@
+"""The trio-resilience command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from trio_resilience._cli import main
+
+
+def test_demo_prints_the_story(capsys: pytest.CaptureFixture[str]) -> None:
+    """demo runs in virtual time and prints the breaker's transitions."""
+    assert main(["demo", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "closed -> open" in out
+    assert "half_open -> closed" in out
+
+
+def test_unknown_command_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad command is a usage error, not a traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(["nope"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_module_entry_point() -> None:
+    """python -m trio_resilience --help works."""
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_resilience", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "demo" in done.stdout

@@ -1,0 +1,69 @@
+"""Resilience policies for Trio: circuit breakers, retries, loop budgets and load shedding.
+
+Every public object is importable from here; ``trio_resilience.testing`` is opt-in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._backoff import (
+    Backoff,
+    ConstantBackoff,
+    DecorrelatedJitterBackoff,
+    ExponentialBackoff,
+    FibonacciBackoff,
+    FullJitterBackoff,
+    LinearBackoff,
+)
+from ._breaker import (
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitBreakerStatistics,
+    CircuitState,
+    StateChange,
+)
+from ._classify import ExceptionSpec
+from ._exceptions import (
+    CircuitOpenError,
+    LoadShedError,
+    LoopBudgetExhausted,
+    ResilienceError,
+    RetryError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "BreakerRegistry",
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
+    "CircuitOpenError",
+    "CircuitState",
+    "ConstantBackoff",
+    "DecorrelatedJitterBackoff",
+    "ExceptionSpec",
+    "ExponentialBackoff",
+    "FibonacciBackoff",
+    "FullJitterBackoff",
+    "LinearBackoff",
+    "LoadShedError",
+    "LoopBudgetExhausted",
+    "ResilienceError",
+    "RetryError",
+    "StateChange",
+]
+
+
+def _fix_module_names() -> None:
+    # Show public objects as trio_resilience.X in reprs and docs, as trio does.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("trio_resilience."):
+            with contextlib.suppress(AttributeError, TypeError):
+                obj.__module__ = __name__
+
+
+_fix_module_names()
+del _fix_module_names

@@ -1,0 +1,104 @@
+"""The exceptions this library raises when a policy refuses work.
+
+::
+
+    Exception
+     └── ResilienceError
+          ├── CircuitOpenError      a breaker refused a call
+          ├── LoadShedError         a channel shed a send
+          ├── LoopBudgetExhausted   a loop budget hit a hard limit
+          └── RetryError            retries ended on a rejected result
+
+An exception raised by the user's own code is never wrapped: it comes out unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import outcome
+
+    from ._breaker import CircuitState
+
+
+class ResilienceError(Exception):
+    """Base class of every rejection raised by trio-resilience."""
+
+
+class CircuitOpenError(ResilienceError):
+    """A circuit breaker refused a call without running it.
+
+    Attributes:
+        name: the breaker's name.
+        state: the breaker's state when it refused (a :class:`CircuitState`).
+        retry_after: seconds until the breaker can admit a probe; ``0.0`` when it is
+            half-open and every probe permit is busy, ``math.inf`` when forced open.
+    """
+
+    def __init__(self, name: str, state: CircuitState, retry_after: float) -> None:
+        super().__init__(name, state, retry_after)
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return (
+            f"circuit breaker {self.name!r} is {self.state.value}; "
+            f"retry after {self.retry_after:.3f}s"
+        )
+
+
+class LoadShedError(ResilienceError):
+    """A send on a shedding channel was refused; the item was not enqueued.
+
+    Attributes:
+        item: the item that was shed.
+        reason: why (``"probabilistic"``, ``"buffer_full"``, ...).
+    """
+
+    def __init__(self, item: Any, reason: str) -> None:
+        super().__init__(item, reason)
+        self.item = item
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"item shed ({self.reason})"
+
+
+class LoopBudgetExhausted(ResilienceError):
+    """A loop budget created with ``raise_on_exhaustion=True`` hit a hard limit.
+
+    Attributes:
+        name: the budget's name.
+        limit: which limit was hit, ``"max_iterations"`` or ``"max_duration"``.
+        iterations: iterations counted when it was hit.
+    """
+
+    def __init__(self, name: str, limit: str, iterations: int) -> None:
+        super().__init__(name, limit, iterations)
+        self.name = name
+        self.limit = limit
+        self.iterations = iterations
+
+    def __str__(self) -> str:
+        return (
+            f"loop budget {self.name!r} exhausted: {self.limit} after {self.iterations} iterations"
+        )
+
+
+class RetryError(ResilienceError):
+    """Retries ended on a result that ``retry_if_result`` rejected.
+
+    Attributes:
+        last_outcome: the last attempt's :class:`outcome.Outcome` (a ``Value``).
+        attempts: how many attempts were made.
+    """
+
+    def __init__(self, last_outcome: outcome.Outcome[Any], attempts: int) -> None:
+        super().__init__(last_outcome, attempts)
+        self.last_outcome = last_outcome
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return f"gave up after {self.attempts} attempts on a rejected result"
