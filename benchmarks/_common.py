@@ -53,7 +53,11 @@ async def time_loops(loops: dict[str, Loop], n: int, rounds: int = ROUNDS) -> di
 
 
 def ratio_row(
-    what: str, baseline: str, times: dict[str, float], *, at_most: float | None = None,
+    what: str,
+    baseline: str,
+    times: dict[str, float],
+    *,
+    at_most: float | None = None,
     at_least: float | None = None,
 ) -> Row:
     """A row comparing times[what] with times[baseline] against a ratio target."""
