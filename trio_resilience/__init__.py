@@ -31,10 +31,12 @@ from ._exceptions import (
     ResilienceError,
     RetryError,
 )
+from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attempt",
     "Backoff",
     "BreakerRegistry",
     "CircuitBreaker",
@@ -51,6 +53,9 @@ __all__ = [
     "LoadShedError",
     "LoopBudgetExhausted",
     "ResilienceError",
+    "Retry",
+    "RetryBudget",
+    "RetryBudgetStatistics",
     "RetryError",
     "StateChange",
 ]

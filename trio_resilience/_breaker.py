@@ -333,8 +333,9 @@ class CircuitBreaker:
             return result
         ticket = self._admit()
         if ticket is None:
+            error = self._rejection()
             await trio.lowlevel.checkpoint()
-            raise self._rejection()
+            raise error
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -357,8 +358,9 @@ class CircuitBreaker:
         else:
             ticket = self._admit()
             if ticket is None:
+                error = self._rejection()
                 await trio.lowlevel.checkpoint()
-                raise self._rejection()
+                raise error
         task = _RUN_CONTEXT.task
         entries = self._entries
         outer = entries.get(task)
