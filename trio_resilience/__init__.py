@@ -23,6 +23,7 @@ from ._breaker import (
     CircuitState,
     StateChange,
 )
+from ._budget import LoopBudget, LoopBudgetStatistics, budgeted
 from ._classify import ExceptionSpec
 from ._exceptions import (
     CircuitOpenError,
@@ -51,13 +52,16 @@ __all__ = [
     "FullJitterBackoff",
     "LinearBackoff",
     "LoadShedError",
+    "LoopBudget",
     "LoopBudgetExhausted",
+    "LoopBudgetStatistics",
     "ResilienceError",
     "Retry",
     "RetryBudget",
     "RetryBudgetStatistics",
     "RetryError",
     "StateChange",
+    "budgeted",
 ]
 
 
