@@ -33,6 +33,18 @@ from ._exceptions import (
     RetryError,
 )
 from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
+from ._shedding import (
+    CoDelShedding,
+    DropNewest,
+    DropOldest,
+    ProbabilisticShedding,
+    ShedChannelStatistics,
+    SheddingPolicy,
+    ShedMemoryReceiveChannel,
+    ShedMemorySendChannel,
+    ShedSendChannel,
+    open_shedding_channel,
+)
 
 __version__ = "0.1.0"
 
@@ -44,8 +56,11 @@ __all__ = [
     "CircuitBreakerStatistics",
     "CircuitOpenError",
     "CircuitState",
+    "CoDelShedding",
     "ConstantBackoff",
     "DecorrelatedJitterBackoff",
+    "DropNewest",
+    "DropOldest",
     "ExceptionSpec",
     "ExponentialBackoff",
     "FibonacciBackoff",
@@ -55,13 +70,20 @@ __all__ = [
     "LoopBudget",
     "LoopBudgetExhausted",
     "LoopBudgetStatistics",
+    "ProbabilisticShedding",
     "ResilienceError",
     "Retry",
     "RetryBudget",
     "RetryBudgetStatistics",
     "RetryError",
+    "ShedChannelStatistics",
+    "ShedMemoryReceiveChannel",
+    "ShedMemorySendChannel",
+    "ShedSendChannel",
+    "SheddingPolicy",
     "StateChange",
     "budgeted",
+    "open_shedding_channel",
 ]
 
 

@@ -587,7 +587,7 @@ class CircuitBreaker:
         if limiter is not None:
             limiter.release_on_behalf_of(ticket)
         slow = self.slow_call_duration
-        if slow is not None and _current_time() - ticket.start > slow:
+        if slow is not None and _current_time() > ticket.start + slow:
             self._failed(ticket.gen)
             return
         self._total_successes += 1
