@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(PACKAGES)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict trio_resilience
+	$(BIN)/mypy --strict trio_resilience tests/typing
 
 pytest: $(STAMP)
 	$(BIN)/coverage run -m pytest -q

@@ -32,6 +32,15 @@ from ._exceptions import (
     ResilienceError,
     RetryError,
 )
+from ._pipeline import (
+    Bulkhead,
+    FailAfter,
+    Fallback,
+    GuardedNursery,
+    Pipeline,
+    Policy,
+    open_guarded_nursery,
+)
 from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,
@@ -52,6 +61,7 @@ __all__ = [
     "Attempt",
     "Backoff",
     "BreakerRegistry",
+    "Bulkhead",
     "CircuitBreaker",
     "CircuitBreakerStatistics",
     "CircuitOpenError",
@@ -63,13 +73,18 @@ __all__ = [
     "DropOldest",
     "ExceptionSpec",
     "ExponentialBackoff",
+    "FailAfter",
+    "Fallback",
     "FibonacciBackoff",
     "FullJitterBackoff",
+    "GuardedNursery",
     "LinearBackoff",
     "LoadShedError",
     "LoopBudget",
     "LoopBudgetExhausted",
     "LoopBudgetStatistics",
+    "Pipeline",
+    "Policy",
     "ProbabilisticShedding",
     "ResilienceError",
     "Retry",
@@ -83,6 +98,7 @@ __all__ = [
     "SheddingPolicy",
     "StateChange",
     "budgeted",
+    "open_guarded_nursery",
     "open_shedding_channel",
 ]
 
