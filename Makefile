@@ -1,22 +1,22 @@
 # Two commands do all set-up on a fresh machine with python3 and make:
 #   make demo   - create .venv, install, run the demo
-#   make test   - create .venv, install, lint, type-check, run the tests with coverage
+#   make test   - create .venv, install, lint, type-check, test with coverage, build the docs
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := trio_resilience tests examples benchmarks
 
-.PHONY: test demo lint typecheck pytest bench clean
+.PHONY: test demo lint typecheck pytest docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo,plot]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo,plot,docs]'
 	touch $(STAMP)
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) lint typecheck pytest docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PACKAGES)
@@ -28,6 +28,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage report --fail-under=90
+
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
 
 demo: $(STAMP)
 	$(BIN)/trio-resilience demo

@@ -22,7 +22,10 @@ class Policy(Protocol):
     """Anything with ``async def call(self, fn, *args, **kwargs)`` is a policy."""
 
     async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``await fn(*args, **kwargs)`` under the policy."""
+        """Run ``await fn(*args, **kwargs)`` under the policy.
+
+        **Cancellation**: a policy never retries, counts or swallows a cancellation.
+        """
         ...
 
 
@@ -136,6 +139,9 @@ class FailAfter(_Decorates):
 
         Raises:
             trio.TooSlowError: ``fn`` did not finish in time (it was cancelled).
+
+        **Cancellation**: ``fn`` runs in a cancel scope with that deadline; an outer
+        cancellation passes through unchanged.
         """
         with trio.fail_after(self.seconds):
             return await fn(*args, **kwargs)
@@ -178,7 +184,10 @@ class Fallback(_Decorates):
         return found
 
     async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
-        """Return ``await fn(...)``, or the fallback when it raises a matching error."""
+        """Return ``await fn(...)``, or the fallback when it raises a matching error.
+
+        **Cancellation**: never answered with the fallback; it propagates unchanged.
+        """
         try:
             return await fn(*args, **kwargs)
         except BaseException as exc:
@@ -219,7 +228,10 @@ class Pipeline(_Decorates):
         self._call = _compose(policies)
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``await fn(*args, **kwargs)`` through every policy, first outermost."""
+        """Run ``await fn(*args, **kwargs)`` through every policy, first outermost.
+
+        **Cancellation**: as each policy's ``call``; no checkpoint of its own.
+        """
         call = self._call
         if call is None:
             return await fn(*args, **kwargs)
@@ -303,6 +315,8 @@ async def open_guarded_nursery(*policies: Policy) -> AsyncIterator[GuardedNurser
                 nursery.start_soon(fetch, url)
 
     Errors propagate exactly as from a Trio nursery.
+
+    **Cancellation**: as ``trio.open_nursery``; ``cancel_scope`` cancels every child.
     """
     pipeline = Pipeline(*policies)
     async with trio.open_nursery() as nursery:

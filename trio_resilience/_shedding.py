@@ -478,7 +478,10 @@ class ShedMemorySendChannel(trio.abc.SendChannel[T]):
             state.receive_tasks.clear()
 
     async def aclose(self) -> None:
-        """Close this send end; a checkpoint."""
+        """Close this send end.
+
+        **Cancellation**: a checkpoint; the end is closed even if it is cancelled.
+        """
         self.close()
         await trio.lowlevel.checkpoint()
 
@@ -585,7 +588,10 @@ class ShedMemoryReceiveChannel(trio.abc.ReceiveChannel[T]):
             acct.flush_log()
 
     async def aclose(self) -> None:
-        """Close this receive end; a checkpoint."""
+        """Close this receive end.
+
+        **Cancellation**: a checkpoint; the end is closed even if it is cancelled.
+        """
         self.close()
         await trio.lowlevel.checkpoint()
 
@@ -743,7 +749,10 @@ class ShedSendChannel(trio.abc.SendChannel[T]):
         self._channel.close()
 
     async def aclose(self) -> None:
-        """Close the wrapped channel; a checkpoint."""
+        """Close the wrapped channel.
+
+        **Cancellation**: a checkpoint; the channel is closed even if it is cancelled.
+        """
         self.close()
         await trio.lowlevel.checkpoint()
 
