@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/coverage run -m pytest -q
-	$(BIN)/coverage report --fail-under=90
+	$(BIN)/coverage report --fail-under=95
 
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html

@@ -20,6 +20,7 @@ from ._classify import FAILURE, IGNORED, SUCCESS, ExceptionSpec, Matcher, classi
 from ._exceptions import CircuitOpenError
 from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger
 from ._validate import (
+    MAX_SIZE,
     check_int,
     check_logger,
     check_number,
@@ -241,7 +242,7 @@ class CircuitBreaker:
     ) -> None:
         self.name = check_str("name", name)
         self.failure_threshold = check_optional_int(
-            "failure_threshold", failure_threshold, minimum=1
+            "failure_threshold", failure_threshold, minimum=1, maximum=MAX_SIZE
         )
         self.failure_window = check_number("failure_window", failure_window, gt=0)
         self.failure_rate_threshold = check_optional_number(

@@ -14,7 +14,9 @@ import trio
 from ._backoff import Backoff, ExponentialBackoff
 from ._exceptions import LoopBudgetExhausted
 from ._log import BUDGET_EXHAUSTED, BUDGET_THROTTLED, get_logger
+from ._testing_flags import ZERO_BACKOFF
 from ._validate import (
+    MAX_SIZE,
     check_bool,
     check_int,
     check_logger,
@@ -118,7 +120,7 @@ class LoopBudget:
         logger: Any = None,
     ) -> None:
         self.max_iterations_per_window = check_int(
-            "max_iterations_per_window", max_iterations_per_window, minimum=1
+            "max_iterations_per_window", max_iterations_per_window, minimum=1, maximum=MAX_SIZE
         )
         self.window = check_number("window", window, gt=0)
         if not isinstance(backoff, Backoff):
@@ -222,8 +224,10 @@ class LoopBudget:
         now = _current_time()
         ticks = self._ticks
         if len(ticks) == self.max_iterations_per_window and ticks[0] + self.window > now:
-            await self._throttle(now)
-            return
+            if not ZERO_BACKOFF.get():
+                await self._throttle(now)
+                return
+            self._throttled += 1  # zero_backoff(): counted, not waited for
         ticks.append(now)
         self._iterations += 1
         await _checkpoint()

@@ -18,6 +18,7 @@ from ._backoff import Backoff, ExponentialBackoff
 from ._classify import ExceptionSpec, Matcher, is_retryable
 from ._exceptions import RetryError
 from ._log import RETRY_GAVE_UP, RETRY_SCHEDULED, get_logger
+from ._testing_flags import ZERO_BACKOFF
 from ._validate import (
     check_logger,
     check_number,
@@ -201,6 +202,8 @@ class _Run:
             delay = float(hint)
             if not delay >= 0.0:  # negative or NaN: retry at once
                 delay = 0.0
+        if ZERO_BACKOFF.get():
+            delay = 0.0
         now = _current_time()
         total = retry.max_total_duration
         if (total is not None and now + delay > self.start + total) or (

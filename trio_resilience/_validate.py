@@ -11,20 +11,30 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
-    """Return ``value`` if it is an int (not a bool) that is >= ``minimum``."""
+#: Sizes that become a container's capacity stay below this (a deque's maxlen must fit).
+MAX_SIZE = 2**31 - 1
+
+
+def check_int(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Return ``value`` if it is an int (not a bool) within ``[minimum, maximum]``."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return value
 
 
-def check_optional_int(name: str, value: object, *, minimum: int | None = None) -> int | None:
+def check_optional_int(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
     """Like :func:`check_int`, also accepting ``None``."""
     if value is None:
         return None
-    return check_int(name, value, minimum=minimum)
+    return check_int(name, value, minimum=minimum, maximum=maximum)
 
 
 def check_number(
