@@ -7,16 +7,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := trio_resilience tests examples benchmarks
 
-.PHONY: test demo lint typecheck pytest docs bench clean
+.PHONY: test demo lint typecheck pytest docs bench clean services mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo,plot,docs]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo,plot,docs,redis]'
 	touch $(STAMP)
 
-test: $(STAMP) lint typecheck pytest docs
+test: $(STAMP) services lint typecheck pytest docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PACKAGES)
@@ -24,6 +24,14 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict trio_resilience tests/typing
+
+# The Redis tests start their own redis-server on a free loopback port; install the
+# Debian package where it is missing (as root, with apt-get), else those tests skip.
+services:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; \
+	  else echo "redis-server missing: the Redis tests will be skipped"; fi; }
 
 pytest: $(STAMP)
 	$(BIN)/coverage run -m pytest -q
@@ -38,6 +46,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py
+
+# Mutation testing of the breaker, retry, budget and shedding modules (slow: not in CI).
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check mutmut
+	$(BIN)/mutmut run --max-children 2; $(BIN)/mutmut results | tail -n 5
 
 clean:
 	rm -rf $(VENV) .coverage .pytest_cache .mypy_cache .ruff_cache

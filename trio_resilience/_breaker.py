@@ -133,12 +133,13 @@ class CircuitBreakerStatistics:
 class _Ticket:
     """One admitted call that needs more than its generation: a probe or a timed call."""
 
-    __slots__ = ("gen", "limiter", "start")
+    __slots__ = ("gen", "lease", "limiter", "start")
 
     def __init__(self, gen: int, limiter: trio.CapacityLimiter | None, start: float) -> None:
         self.gen = gen
         self.limiter = limiter
         self.start = start
+        self.lease: str | None = None  # a cluster-wide probe permit (trio_resilience.redis)
 
 
 class CircuitBreaker:
@@ -179,6 +180,7 @@ class CircuitBreaker:
         "_bucket_index",
         "_bucket_width",
         "_closed",
+        "_cluster",
         "_consecutive",
         "_entries",
         "_failure_matcher",
@@ -189,6 +191,7 @@ class CircuitBreaker:
         "_ignore_matcher",
         "_limiter",
         "_logger",
+        "_observers",
         "_open_until",
         "_opened_at",
         "_pending",
@@ -273,6 +276,11 @@ class CircuitBreaker:
 
         self._state = _CLOSED
         self._closed = True
+        # Hooks for trio_resilience.redis: transition observers and a cluster permit
+        # source for half-open probes. Both empty unless open_shared_state() runs.
+        self._observers: list[Callable[[CircuitBreaker, CircuitState, CircuitState, str], None]]
+        self._observers = []
+        self._cluster: Any = None
         self._gen = 0
         self._state_value: AsyncValue[CircuitState] = AsyncValue(_CLOSED)
         self._limiter = trio.CapacityLimiter(self.half_open_max_calls)
@@ -333,7 +341,11 @@ class CircuitBreaker:
                     self._count_success()
             return result
         ticket = self._admit()
-        if ticket is None:
+        if ticket is None or (
+            self._cluster is not None
+            and ticket.__class__ is _Ticket
+            and not await self._cluster_permit(ticket)
+        ):
             error = self._rejection()
             await trio.lowlevel.checkpoint()
             raise error
@@ -358,7 +370,11 @@ class CircuitBreaker:
             ticket: Any = self._gen
         else:
             ticket = self._admit()
-            if ticket is None:
+            if ticket is None or (
+                self._cluster is not None
+                and ticket.__class__ is _Ticket
+                and not await self._cluster_permit(ticket)
+            ):
                 error = self._rejection()
                 await trio.lowlevel.checkpoint()
                 raise error
@@ -571,6 +587,37 @@ class CircuitBreaker:
             ticket.start = _current_time()
         return ticket
 
+    async def _cluster_permit(self, ticket: _Ticket) -> bool:
+        """For a half-open probe, also take a cluster-wide permit; False means refused.
+
+        On refusal (or cancellation) the local permit and the admission are undone.
+        """
+        if ticket.limiter is None:
+            return True
+        try:
+            lease = await self._cluster.acquire(self)
+        except BaseException:
+            self._undo_admission(ticket)
+            raise
+        if lease is False:
+            self._undo_admission(ticket)
+            self._total_rejected += 1
+            return False
+        if isinstance(lease, str):
+            ticket.lease = lease
+        return True
+
+    def _undo_admission(self, ticket: _Ticket) -> None:
+        assert ticket.limiter is not None
+        ticket.limiter.release_on_behalf_of(ticket)
+        self._total_calls -= 1
+
+    def _release_lease(self, ticket: _Ticket) -> None:
+        cluster = self._cluster
+        if cluster is not None and ticket.lease is not None:
+            cluster.release(self, ticket.lease)
+        ticket.lease = None
+
     def _settle_success(self, ticket: int | _Ticket) -> None:
         if ticket.__class__ is int:  # closed fast path or disabled (-1)
             if ticket == -1:
@@ -587,6 +634,8 @@ class CircuitBreaker:
         limiter = ticket.limiter
         if limiter is not None:
             limiter.release_on_behalf_of(ticket)
+            if ticket.lease is not None:
+                self._release_lease(ticket)
         slow = self.slow_call_duration
         if slow is not None and _current_time() > ticket.start + slow:
             self._failed(ticket.gen)
@@ -615,6 +664,8 @@ class CircuitBreaker:
             gen = ticket.gen
             if ticket.limiter is not None:
                 ticket.limiter.release_on_behalf_of(ticket)
+                if ticket.lease is not None:
+                    self._release_lease(ticket)
         if verdict == FAILURE:
             self._failed(gen)
         elif verdict == IGNORED:
@@ -784,6 +835,22 @@ class CircuitBreaker:
                     error=repr(exc),
                     exc_info=exc,
                 )
+        for observer in self._observers:
+            observer(self, old, new, reason)
+
+    def _remote_open(self, until: float, now: float) -> None:
+        """Another process tripped this breaker: reject until ``until`` (Trio time)."""
+        state = self._state
+        if state is _CLOSED or state is _HALF_OPEN:
+            self._transition(_OPEN, "remote_trip", now)
+            self._open_until = until
+        elif state is _OPEN and until > self._open_until:
+            self._open_until = until
+
+    def _remote_close(self, now: float) -> None:
+        """Another process's probes closed this breaker."""
+        if self._state is _OPEN or self._state is _HALF_OPEN:
+            self._transition(_CLOSED, "remote_close", now)
 
 
 class BreakerRegistry:

@@ -70,6 +70,7 @@ class RetryBudget:
         "_buckets",
         "_deposit",
         "_deposits",
+        "_external",
         "_rejected",
         "_reserve",
         "_sum",
@@ -95,6 +96,8 @@ class RetryBudget:
         self._bucket_index = 0
         self._bucket_end = self._width
         self._sum = 0
+        # Other processes' net tokens, in thousandths, set by trio_resilience.redis.
+        self._external = 0
         self._deposits = 0
         self._withdrawals = 0
         self._rejected = 0
@@ -129,7 +132,7 @@ class RetryBudget:
     def try_withdraw(self) -> bool:
         """Take a token for one retry; False (and nothing taken) when there is none."""
         slot = self._advance(_current_time())
-        if self._reserve + self._sum < _MILLI:
+        if self._reserve + self._sum + self._external < _MILLI:
             self._rejected += 1
             return False
         self._buckets[slot] -= _MILLI
@@ -142,7 +145,7 @@ class RetryBudget:
         with contextlib.suppress(RuntimeError):
             self._advance(_current_time())
         return RetryBudgetStatistics(
-            balance=max(0, self._reserve + self._sum) / _MILLI,
+            balance=max(0, self._reserve + self._sum + self._external) / _MILLI,
             deposits=self._deposits,
             withdrawals=self._withdrawals,
             rejected=self._rejected,
