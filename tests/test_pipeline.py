@@ -365,3 +365,11 @@ async def test_thousands_of_cancelled_children_leak_no_permit(
     )
     assert stats.times_opened > 0
     assert stats.total_cancelled > 0
+
+
+async def test_fallback_takes_on_positionally() -> None:
+    """Fallback(value, on) as in the contract: `on` may be passed by position."""
+    fallback = Fallback("x", KeyError)
+    assert fallback.on is KeyError
+    with pytest.raises(Boom):
+        await fallback.call(boom)

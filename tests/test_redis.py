@@ -297,3 +297,59 @@ def test_two_workers_example(redis_server: RedisServer) -> None:
     assert "'failed': 0" in lines["worker b"]
     assert "'rejected': 0" not in lines["worker b"]
     assert "breaker open" in lines["worker b"]
+
+
+async def test_cluster_permits_limit_probes_across_sharers(redis_server: RedisServer) -> None:
+    """Two sharers, one permit: a probe held by one refuses the other's; close spreads."""
+    from trio_resilience.testing import set_breaker_state
+
+    a = CircuitBreaker("probe", half_open_max_calls=1, success_threshold=1)
+    b = CircuitBreaker("probe", half_open_max_calls=1, success_threshold=1)
+    async with (
+        open_shared_state(redis_server.url, a, prefix="t9", sync_interval=0.05, permit_timeout=0.5),
+        open_shared_state(
+            redis_server.url, b, prefix="t9", sync_interval=0.05, permit_timeout=0.5
+        ) as shared_b,
+    ):
+        set_breaker_state(a, "half_open")
+        set_breaker_state(b, "half_open")
+        release = trio.Event()
+        refused = []
+
+        async def held_probe() -> None:
+            async with a:
+                await release.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held_probe)
+            await trio.sleep(0.2)
+            try:
+                await b.call(trio.sleep, 0)
+            except Exception as exc:
+                refused.append(exc)
+            stats = b.statistics()
+            assert stats.half_open_in_flight == 0  # the local permit was given back
+            release.set()
+        assert [type(e).__name__ for e in refused] == ["CircuitOpenError"]
+        assert a.state is CircuitState.CLOSED  # its probe succeeded
+        await trio.sleep(0.3)
+        assert b.state is CircuitState.CLOSED  # closed by a's probes, through pub/sub
+        assert shared_b.statistics().received >= 1
+        assert repr(shared_b).startswith("<SharedState 't9' connected")
+
+
+async def test_probe_falls_back_to_the_local_limiter_without_redis() -> None:
+    """With Redis unreachable, half-open admission is decided by the local limiter."""
+    from trio_resilience.testing import set_breaker_state
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    breaker = CircuitBreaker("nofallback", half_open_max_calls=1, success_threshold=1)
+    async with open_shared_state(
+        f"redis://127.0.0.1:{port}/0", breaker, prefix="t10", logger=Capture()
+    ) as shared:
+        set_breaker_state(breaker, "half_open")
+        assert await shared.acquire(breaker) is None
+        await breaker.call(trio.sleep, 0)
+        assert breaker.state is CircuitState.CLOSED

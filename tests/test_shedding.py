@@ -556,3 +556,15 @@ async def test_later_senders_never_jump_waiting_senders(
         with pytest.raises(trio.WouldBlock):
             send.send_nowait(3)  # a newcomer finds the buffer full again
     assert [receive.receive_nowait(), receive.receive_nowait()] == [1, 2]
+
+
+def test_shed_send_channel_arguments_are_attributes() -> None:
+    """The wrapper's constructor arguments are readable as attributes."""
+    raw_send, _ = trio.open_memory_channel[int](2)
+    policy, callback = DropNewest(), print
+    send = ShedSendChannel(raw_send, policy=policy, on_shed=callback, name="jobs")
+    assert send.memory_send_channel is raw_send
+    assert send.policy is policy
+    assert send.on_shed is callback
+    assert send.name == "jobs"
+    assert send.logger is None

@@ -163,7 +163,7 @@ class Fallback(_Decorates):
 
     __slots__ = ("_is_fn", "_matcher", "on", "value_or_async_fn")
 
-    def __init__(self, value_or_async_fn: Any, *, on: ExceptionSpec = Exception) -> None:
+    def __init__(self, value_or_async_fn: Any, on: ExceptionSpec = Exception) -> None:
         if callable(value_or_async_fn) and not _is_async_callable(value_or_async_fn):
             raise TypeError(
                 "value_or_async_fn must be a value or an async function taking the error, "

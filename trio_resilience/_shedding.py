@@ -692,6 +692,11 @@ class ShedSendChannel(trio.abc.SendChannel[T]):
         self._policy = policy
         self._acct = _acct or _Accounting(policy, on_shed, name, logger)
         self._closed = False
+        self.memory_send_channel = memory_send_channel
+        self.policy = policy
+        self.on_shed = self._acct.on_shed
+        self.name = self._acct.name
+        self.logger = logger
 
     def send_nowait(self, value: T) -> None:
         """Send at once, or raise ``WouldBlock`` or :class:`LoadShedError`."""
