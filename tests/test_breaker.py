@@ -807,7 +807,7 @@ def test_registry_validates_defaults_at_once() -> None:
     """Bad defaults fail when the registry is built, not on first use."""
     with pytest.raises(ValueError, match=r"^failure_threshold must be >= 1, got 0$"):
         BreakerRegistry(failure_threshold=0)
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(TypeError, match=r"^BreakerRegistry defaults cannot include name$"):
         BreakerRegistry(name="x")
 
 
@@ -867,3 +867,72 @@ async def test_recovery_backoff_accepts_exponential(autojump_clock: trio.testing
     await trio.sleep(1)
     await fail_times(b, 1)
     assert b.retry_after == 2.0
+
+
+# ------------------------------------------------------------------ async with bookkeeping
+
+
+async def test_async_with_fast_path_counts_exactly(autojump_clock: trio.testing.MockClock) -> None:
+    """Closed entries are counted without per-task records; every exit is counted once."""
+    b = CircuitBreaker(failure_threshold=100)
+    async with b:
+        assert b._untracked == 1
+        assert b._entries == {}
+    for n in range(1, 80):
+        async with b:
+            pass
+        assert b.statistics().calls_in_window == n + 1
+    assert b._untracked == 0
+    stats = b.statistics()
+    assert (stats.total_calls, stats.total_successes) == (80, 80)
+
+
+async def test_async_with_triple_nesting_in_half_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Three nested entries in one task each hold and return their own permit."""
+    b = open_breaker(half_open_max_calls=3, success_threshold=5)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+    async with b:
+        async with b:
+            async with b:
+                assert b.statistics().half_open_in_flight == 3
+                assert len(next(iter(b._entries.values()))) == 3
+            assert b.statistics().half_open_in_flight == 2
+            assert len(next(iter(b._entries.values()))) == 2
+        assert b.statistics().half_open_in_flight == 1
+        assert b.statistics().consecutive_successes == 2
+    assert b.statistics().consecutive_successes == 3
+    assert b._entries == {}
+
+
+async def test_stale_untracked_entries_drain_and_fast_path_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Entries in flight across a transition are stale; once they exit, the fast path is back."""
+    b = CircuitBreaker(failure_threshold=1)
+    release = trio.Event()
+
+    async def long_entry() -> None:
+        async with b:
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(long_entry)
+        nursery.start_soon(long_entry)
+        await trio.testing.wait_all_tasks_blocked()
+        assert b._untracked == 2
+        b.reset()  # a new generation: both entries are now stale
+        assert (b._untracked, b._untracked_stale) == (0, 2)
+        assert b._fast_with is False
+        async with b:  # tracked per task while stale entries are in flight
+            assert len(b._entries) == 1
+        release.set()
+    assert (b._untracked, b._untracked_stale) == (0, 0)
+    assert b._fast_with is True
+    stats = b.statistics()
+    assert stats.calls_in_window == 1  # only the entry of the new generation
+    assert stats.total_successes == 3
+    async with b:
+        assert b._untracked == 1

@@ -568,3 +568,58 @@ def test_shed_send_channel_arguments_are_attributes() -> None:
     assert send.on_shed is callback
     assert send.name == "jobs"
     assert send.logger is None
+
+
+async def test_shed_send_channel_probabilistic_accounting_in_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every field of the wrapper's shed and statistics is exact."""
+    raw_send, raw_receive = trio.open_memory_channel[int](1)
+    shed: list[tuple[Any, str]] = []
+    send = ShedSendChannel(
+        raw_send,
+        policy=ProbabilisticShedding(random.Random(1)),
+        on_shed=lambda i, r: shed.append((i, r)),
+    )
+    send.send_nowait(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send.send, 1)  # q = 1: p = 0, waits
+        await trio.testing.wait_all_tasks_blocked()  # q = 2 = 2 x buffer: p = 1
+        stats = send.statistics()
+        assert stats.overload_factor == 2.0
+        assert stats.shed_probability == 1.0
+        assert stats.max_buffer_size == 1
+        assert stats.tasks_waiting_send == 1
+        assert stats.tasks_waiting_receive == 0
+        assert (stats.open_send_channels, stats.open_receive_channels) == (1, 1)
+        with pytest.raises(LoadShedError) as info:
+            await send.send(4)
+        assert (info.value.item, info.value.reason) == (4, "probabilistic")
+        with pytest.raises(LoadShedError) as info:
+            send.send_nowait(5)
+        assert (info.value.item, info.value.reason) == (5, "probabilistic")
+        assert shed == [(4, "probabilistic"), (5, "probabilistic")]
+        for _ in range(2):
+            await raw_receive.receive()
+    stats = send.statistics()
+    assert (stats.sent, stats.received, stats.shed, stats.evicted) == (2, 2, 2, 0)
+    assert stats.overload_factor == 0.0
+    assert stats.shed_probability == 0.0
+
+
+async def test_shed_send_channel_probability_is_zero_with_a_waiting_receiver() -> None:
+    """A receiver waiting means the next send is handed over, never shed."""
+    raw_send, raw_receive = trio.open_memory_channel[int](1)
+    send = ShedSendChannel(raw_send, policy=DropNewest())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw_receive.receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert send.statistics().shed_probability == 0.0
+        send.send_nowait(1)
+    stats = send.statistics()
+    assert (stats.sent, stats.received, stats.current_buffer_used) == (1, 1, 0)
+    with pytest.raises(LoadShedError) as info:
+        send.send_nowait(2)
+        send.send_nowait(3)
+    assert (info.value.item, info.value.reason) == (3, "buffer_full")
+    assert (send.statistics().shed, send.statistics().evicted) == (1, 0)
