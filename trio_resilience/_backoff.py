@@ -6,7 +6,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._validate import check_number
 
@@ -35,6 +35,19 @@ def _source(rng: random.Random | None) -> _Source:
 def _check_rng(rng: object) -> None:
     if rng is not None and not isinstance(rng, random.Random):
         raise TypeError(f"rng must be a random.Random or None, got {rng!r}")
+
+
+_NON_NEGATIVE: dict[str, Any] = {"ge": 0}
+_CAP: dict[str, Any] = {"ge": 0, "allow_inf": True}
+_MULTIPLIER: dict[str, Any] = {"ge": 1}
+_JITTER: dict[str, Any] = {"ge": 0, "le": 1}
+
+
+def _validate(strategy: Any, **bounds: dict[str, Any]) -> None:
+    """Check each named field of a frozen strategy (storing it as a float) and its rng."""
+    for name, limits in bounds.items():
+        object.__setattr__(strategy, name, check_number(name, getattr(strategy, name), **limits))
+    _check_rng(strategy.rng)
 
 
 def _jittered(d: float, jitter_factor: float, max_delay: float, src: _Source) -> float:
@@ -86,15 +99,9 @@ class ExponentialBackoff(Backoff):
     rng: random.Random | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base", check_number("base", self.base, ge=0))
-        object.__setattr__(self, "multiplier", check_number("multiplier", self.multiplier, ge=1))
-        object.__setattr__(
-            self, "max_delay", check_number("max_delay", self.max_delay, ge=0, allow_inf=True)
+        _validate(
+            self, base=_NON_NEGATIVE, multiplier=_MULTIPLIER, max_delay=_CAP, jitter_factor=_JITTER
         )
-        object.__setattr__(
-            self, "jitter_factor", check_number("jitter_factor", self.jitter_factor, ge=0, le=1)
-        )
-        _check_rng(self.rng)
 
     def delays(self) -> Iterator[float]:
         src = _source(self.rng)
@@ -120,14 +127,7 @@ class LinearBackoff(Backoff):
     rng: random.Random | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base", check_number("base", self.base, ge=0))
-        object.__setattr__(
-            self, "max_delay", check_number("max_delay", self.max_delay, ge=0, allow_inf=True)
-        )
-        object.__setattr__(
-            self, "jitter_factor", check_number("jitter_factor", self.jitter_factor, ge=0, le=1)
-        )
-        _check_rng(self.rng)
+        _validate(self, base=_NON_NEGATIVE, max_delay=_CAP, jitter_factor=_JITTER)
 
     def delays(self) -> Iterator[float]:
         src = _source(self.rng)
@@ -147,14 +147,7 @@ class FibonacciBackoff(Backoff):
     rng: random.Random | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base", check_number("base", self.base, ge=0))
-        object.__setattr__(
-            self, "max_delay", check_number("max_delay", self.max_delay, ge=0, allow_inf=True)
-        )
-        object.__setattr__(
-            self, "jitter_factor", check_number("jitter_factor", self.jitter_factor, ge=0, le=1)
-        )
-        _check_rng(self.rng)
+        _validate(self, base=_NON_NEGATIVE, max_delay=_CAP, jitter_factor=_JITTER)
 
     def delays(self) -> Iterator[float]:
         src = _source(self.rng)
@@ -182,11 +175,7 @@ class ConstantBackoff(Backoff):
     rng: random.Random | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "delay", check_number("delay", self.delay, ge=0))
-        object.__setattr__(
-            self, "jitter_factor", check_number("jitter_factor", self.jitter_factor, ge=0, le=1)
-        )
-        _check_rng(self.rng)
+        _validate(self, delay=_NON_NEGATIVE, jitter_factor=_JITTER)
 
     def delays(self) -> Iterator[float]:
         src = _source(self.rng)
@@ -205,10 +194,7 @@ class FullJitterBackoff(Backoff):
     rng: random.Random | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base", check_number("base", self.base, ge=0))
-        object.__setattr__(self, "multiplier", check_number("multiplier", self.multiplier, ge=1))
-        object.__setattr__(self, "max_delay", check_number("max_delay", self.max_delay, ge=0))
-        _check_rng(self.rng)
+        _validate(self, base=_NON_NEGATIVE, multiplier=_MULTIPLIER, max_delay=_NON_NEGATIVE)
 
     def delays(self) -> Iterator[float]:
         src = _source(self.rng)
@@ -227,11 +213,9 @@ class DecorrelatedJitterBackoff(Backoff):
     rng: random.Random | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base", check_number("base", self.base, gt=0))
-        object.__setattr__(self, "max_delay", check_number("max_delay", self.max_delay, ge=0))
+        _validate(self, base={"gt": 0}, max_delay=_NON_NEGATIVE)
         if self.max_delay < self.base:
             raise ValueError(f"max_delay must be >= base ({self.base!r}), got {self.max_delay!r}")
-        _check_rng(self.rng)
 
     def delays(self) -> Iterator[float]:
         src = _source(self.rng)

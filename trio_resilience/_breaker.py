@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -17,6 +15,7 @@ from trio_util import AsyncValue
 
 from ._backoff import Backoff
 from ._classify import FAILURE, IGNORED, SUCCESS, ExceptionSpec, Matcher, classify
+from ._decorate import decorate
 from ._exceptions import CircuitOpenError
 from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger
 from ._validate import (
@@ -340,15 +339,7 @@ class CircuitBreaker:
                 else:
                     self._count_success()
             return result
-        ticket = self._admit()
-        if ticket is None or (
-            self._cluster is not None
-            and ticket.__class__ is _Ticket
-            and not await self._cluster_permit(ticket)
-        ):
-            error = self._rejection()
-            await trio.lowlevel.checkpoint()
-            raise error
+        ticket = await self._admit_or_reject()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -369,15 +360,7 @@ class CircuitBreaker:
             self._total_calls += 1
             ticket: Any = self._gen
         else:
-            ticket = self._admit()
-            if ticket is None or (
-                self._cluster is not None
-                and ticket.__class__ is _Ticket
-                and not await self._cluster_permit(ticket)
-            ):
-                error = self._rejection()
-                await trio.lowlevel.checkpoint()
-                raise error
+            ticket = await self._admit_or_reject()
         task = _RUN_CONTEXT.task
         entries = self._entries
         outer = entries.get(task)
@@ -430,15 +413,7 @@ class CircuitBreaker:
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so that every call goes through the breaker."""
-        if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@CircuitBreaker decorates async functions, got {fn!r}")
-        call = self.call
-
-        @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate("CircuitBreaker", self.call, fn)
 
     @property
     def state(self) -> CircuitState:
@@ -585,6 +560,23 @@ class CircuitBreaker:
         self._total_calls += 1
         if self._timed:
             ticket.start = _current_time()
+        return ticket
+
+    async def _admit_or_reject(self) -> int | _Ticket:
+        """Admit a call outside the closed fast path, or raise CircuitOpenError.
+
+        A refusal is a checkpoint. A half-open probe also takes a cluster-wide permit
+        when the breaker is shared (``trio_resilience.redis``).
+        """
+        ticket = self._admit()
+        if ticket is None or (
+            self._cluster is not None
+            and ticket.__class__ is _Ticket
+            and not await self._cluster_permit(ticket)
+        ):
+            error = self._rejection()
+            await trio.lowlevel.checkpoint()
+            raise error
         return ticket
 
     async def _cluster_permit(self, ticket: _Ticket) -> bool:

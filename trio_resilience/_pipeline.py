@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 import trio
 
 from ._classify import NEVER_COUNTED, ExceptionSpec, Matcher, leaves
+from ._decorate import decorate
 from ._validate import check_int, check_number, check_str
 
 P = ParamSpec("P")
@@ -53,15 +54,7 @@ class _Decorates:
         raise NotImplementedError
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@{type(self).__name__} decorates async functions, got {fn!r}")
-        call = self.call
-
-        @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate(type(self).__name__, self.call, fn)
 
 
 class Bulkhead(_Decorates):

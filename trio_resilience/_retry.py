@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ import trio
 
 from ._backoff import Backoff, ExponentialBackoff
 from ._classify import ExceptionSpec, Matcher, is_retryable
+from ._decorate import decorate
 from ._exceptions import RetryError
 from ._log import RETRY_GAVE_UP, RETRY_SCHEDULED, get_logger
 from ._testing_flags import ZERO_BACKOFF
@@ -379,15 +378,7 @@ class Retry:
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so that every call is retried by this policy."""
-        if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@Retry decorates async functions, got {fn!r}")
-        call = self.call
-
-        @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate("Retry", self.call, fn)
 
     def __aiter__(self) -> AsyncIterator[Attempt]:
         return _AttemptIterator(self)

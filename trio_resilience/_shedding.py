@@ -26,6 +26,7 @@ from ._log import SHED_CALLBACK_FAILED, SHED_DROPPED, get_logger
 from ._validate import check_logger, check_number, check_optional_callable, check_str
 
 T = TypeVar("T")
+_C = TypeVar("_C", bound="_SyncClose")
 
 _current_time = trio.current_time
 _LOG_INTERVAL = 1.0  # seconds between shedding summaries per channel
@@ -366,7 +367,33 @@ class _State(Generic[T]):
         self.acct.sent += 1
 
 
-class ShedMemorySendChannel(trio.abc.SendChannel[T]):
+class _SyncClose:
+    """``aclose()`` and ``with channel:`` for channels that can close synchronously."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close this channel end.
+
+        **Cancellation**: a checkpoint; the end is closed even if it is cancelled.
+        """
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ShedMemorySendChannel(_SyncClose, trio.abc.SendChannel[T]):
     """The send end of :func:`open_shedding_channel` (Trio memory-channel semantics)."""
 
     def __init__(self, state: _State[T]) -> None:
@@ -477,25 +504,6 @@ class ShedMemorySendChannel(trio.abc.SendChannel[T]):
                 reschedule(task, outcome.Error(trio.EndOfChannel()))
             state.receive_tasks.clear()
 
-    async def aclose(self) -> None:
-        """Close this send end.
-
-        **Cancellation**: a checkpoint; the end is closed even if it is cancelled.
-        """
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> ShedMemorySendChannel[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def statistics(self) -> ShedChannelStatistics:
         """Return the channel's accounting (the same from either end)."""
         return self._state.statistics()
@@ -504,7 +512,7 @@ class ShedMemorySendChannel(trio.abc.SendChannel[T]):
         return f"<send end of shedding channel {self._state.acct.name!r}>"
 
 
-class ShedMemoryReceiveChannel(trio.abc.ReceiveChannel[T]):
+class ShedMemoryReceiveChannel(_SyncClose, trio.abc.ReceiveChannel[T]):
     """The receive end of :func:`open_shedding_channel` (Trio memory-channel semantics)."""
 
     def __init__(self, state: _State[T]) -> None:
@@ -587,25 +595,6 @@ class ShedMemoryReceiveChannel(trio.abc.ReceiveChannel[T]):
                 acct.dropped(data.popleft(), "receiver_closed", evicted=True)
             acct.flush_log()
 
-    async def aclose(self) -> None:
-        """Close this receive end.
-
-        **Cancellation**: a checkpoint; the end is closed even if it is cancelled.
-        """
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> ShedMemoryReceiveChannel[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def statistics(self) -> ShedChannelStatistics:
         """Return the channel's accounting (the same from either end)."""
         return self._state.statistics()
@@ -656,7 +645,7 @@ def open_shedding_channel(
     return ShedMemorySendChannel(state), ShedMemoryReceiveChannel(state)
 
 
-class ShedSendChannel(trio.abc.SendChannel[T]):
+class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
     """Wrap a plain Trio ``MemorySendChannel`` so that its sends shed by policy.
 
     Only the policies that need the send side alone are accepted
@@ -752,25 +741,6 @@ class ShedSendChannel(trio.abc.SendChannel[T]):
         """Close the wrapped channel synchronously."""
         self._closed = True
         self._channel.close()
-
-    async def aclose(self) -> None:
-        """Close the wrapped channel.
-
-        **Cancellation**: a checkpoint; the channel is closed even if it is cancelled.
-        """
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> ShedSendChannel[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def statistics(self) -> ShedChannelStatistics:
         """Accounting of the sends made through this wrapper and its clones."""
