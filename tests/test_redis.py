@@ -39,7 +39,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         assert REDIS is not None
         self.process = subprocess.Popen(
             [
@@ -52,6 +52,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -76,6 +77,16 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def password_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start("--requirepass", "s3cret")
     try:
         yield server
     finally:
@@ -353,3 +364,25 @@ async def test_probe_falls_back_to_the_local_limiter_without_redis() -> None:
         assert await shared.acquire(breaker) is None
         await breaker.call(trio.sleep, 0)
         assert breaker.state is CircuitState.CLOSED
+
+
+async def test_password_urls_work(password_server: RedisServer) -> None:
+    """A redis:// URL with a password reaches a server that requires one; a wrong one
+    degrades to local decisions."""
+    port = password_server.port
+    breaker = CircuitBreaker("auth", failure_threshold=1)
+    url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    async with open_shared_state(url, breaker, prefix="t11", sync_interval=0.05) as shared:
+        assert shared.statistics().connected
+    logger = Capture()
+    wrong = f"redis://:nope@127.0.0.1:{port}/0"
+    async with open_shared_state(wrong, prefix="t11", logger=logger) as shared:
+        assert not shared.statistics().connected
+    assert logger.events[0][0] == "trio_resilience.redis.degraded"
+
+
+def test_the_core_package_never_imports_coredis() -> None:
+    """trio_resilience works without the redis extra: only trio_resilience.redis needs it."""
+    code = "import sys, trio_resilience, trio_resilience.testing; print('coredis' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -213,7 +213,11 @@ class SharedState:
     async def acquire(self, breaker: CircuitBreaker) -> str | bool | None:
         """A cluster-wide probe permit: a lease id, False when the cluster is full, or
         None when Redis did not answer within ``permit_timeout`` (the local limiter
-        decides then)."""
+        decides then).
+
+        **Cancellation**: waits at most ``permit_timeout``; a cancelled wait takes no
+        permit (a lease granted just then expires after ``permit_lease``).
+        """
         script = self._acquire_script
         if script is None:
             return None
@@ -253,7 +257,13 @@ class SharedState:
     # ------------------------------------------------------------ the tasks
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep a connection, reconnecting with backoff; local decisions never wait."""
+        """Keep a connection, reconnecting with backoff; local decisions never wait.
+
+        Runs in :func:`open_shared_state`'s nursery; reports started once the first
+        connection is made or has failed (then the breakers start out local).
+
+        **Cancellation**: cancelling it (leaving the block) closes the connection.
+        """
         started = False
         delays = _RECONNECT.delays()
         while True:
