@@ -936,3 +936,181 @@ async def test_stale_untracked_entries_drain_and_fast_path_returns(
     assert stats.total_successes == 3
     async with b:
         assert b._untracked == 1
+
+
+# ------------------------------------------------------------------ hooks for shared state
+
+
+class FakeCluster:
+    """Stands in for trio_resilience.redis: grants leases from a fixed count."""
+
+    def __init__(self, permits: int, answer: object = "lease") -> None:
+        self.permits = permits
+        self.answer = answer
+        self.acquired: list[str] = []
+        self.released: list[str] = []
+
+    async def acquire(self, breaker: CircuitBreaker) -> object:
+        await trio.lowlevel.checkpoint()
+        if self.answer != "lease":
+            return self.answer
+        if self.permits == 0:
+            return False
+        self.permits -= 1
+        lease = f"lease-{len(self.acquired)}"
+        self.acquired.append(lease)
+        return lease
+
+    def release(self, breaker: CircuitBreaker, lease: str) -> None:
+        self.permits += 1
+        self.released.append(lease)
+
+
+async def test_cluster_permits_gate_half_open_probes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A probe needs a cluster lease too; refused, it gives back its local permit."""
+    from trio_resilience.testing import set_breaker_state
+
+    b = CircuitBreaker(half_open_max_calls=2, success_threshold=5)
+    cluster = FakeCluster(permits=1)
+    b._cluster = cluster
+    set_breaker_state(b, "half_open")
+    release = trio.Event()
+
+    async def holder() -> None:
+        async with b:
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder)
+        await trio.testing.wait_all_tasks_blocked()
+        assert cluster.acquired == ["lease-0"]
+        with pytest.raises(CircuitOpenError) as info:
+            await b.call(trio.sleep, 0)  # local permit free, cluster full
+        assert info.value.retry_after == 0.0
+        stats = b.statistics()
+        assert stats.half_open_in_flight == 1
+        assert (stats.total_calls, stats.total_rejected) == (1, 1)
+        release.set()
+    assert cluster.released == ["lease-0"]
+    await b.call(trio.sleep, 0)  # the lease came back: admitted
+    assert cluster.released == ["lease-0", "lease-1"]
+    assert b.statistics().consecutive_successes == 2
+
+
+async def test_cluster_without_answer_falls_back_to_the_local_limiter() -> None:
+    """An acquire that returns None (Redis slow or down) lets the local limiter decide."""
+    from trio_resilience.testing import set_breaker_state
+
+    b = CircuitBreaker(half_open_max_calls=1, success_threshold=1)
+    cluster = FakeCluster(permits=0, answer=None)
+    b._cluster = cluster
+    set_breaker_state(b, "half_open")
+    await b.call(trio.sleep, 0)
+    assert b.state is CircuitState.CLOSED
+    assert cluster.released == []
+
+
+async def test_cancelled_cluster_wait_gives_back_the_local_permit() -> None:
+    """Cancelled while waiting for a lease, the probe takes nothing and counts nothing."""
+    from trio_resilience.testing import set_breaker_state
+
+    class Hanging(FakeCluster):
+        async def acquire(self, breaker: CircuitBreaker) -> object:
+            await trio.sleep_forever()
+
+    b = CircuitBreaker(half_open_max_calls=1)
+    b._cluster = Hanging(permits=1)
+    set_breaker_state(b, "half_open")
+    with trio.move_on_after(0.01):
+        await b.call(trio.sleep, 0)
+    stats = b.statistics()
+    assert stats.half_open_in_flight == 0
+    assert (stats.total_calls, stats.total_rejected, stats.total_cancelled) == (0, 0, 0)
+    assert b.half_open_limiter.borrowed_tokens == 0
+
+
+async def test_failed_probe_releases_its_lease(autojump_clock: trio.testing.MockClock) -> None:
+    """Failures, like successes, give the cluster lease back."""
+    from trio_resilience.testing import set_breaker_state
+
+    b = CircuitBreaker(half_open_max_calls=1)
+    cluster = FakeCluster(permits=1)
+    b._cluster = cluster
+    set_breaker_state(b, "half_open")
+    await fail_times(b, 1)
+    assert cluster.released == ["lease-0"]
+    assert b.state is CircuitState.OPEN
+
+
+async def test_remote_open_and_close(autojump_clock: trio.testing.MockClock) -> None:
+    """Remote trips open until the shared deadline (only ever extending it); remote
+    closes close an open or half-open breaker; neither touches forced or disabled."""
+    changes: list[StateChange] = []
+    b = CircuitBreaker(recovery_timeout=30.0, on_state_change=changes.append)
+    b._remote_open(20.0, trio.current_time())
+    assert b.state is CircuitState.OPEN
+    assert b.retry_after == 20.0
+    b._remote_open(10.0, 0.0)  # an earlier deadline never shortens the open period
+    assert b.retry_after == 20.0
+    b._remote_open(25.0, 0.0)
+    assert b.retry_after == 25.0
+    assert b.statistics().times_opened == 1
+    b._remote_close(0.0)
+    assert b.state is CircuitState.CLOSED
+    b._remote_close(0.0)  # closed already: nothing happens
+    assert [(c.new_state, c.reason) for c in changes] == [
+        ("open", "remote_trip"),
+        ("closed", "remote_close"),
+    ]
+    b.force_open()
+    b._remote_open(50.0, 0.0)
+    b._remote_close(0.0)
+    assert b.state is CircuitState.FORCED_OPEN
+    b.reset()
+    from trio_resilience.testing import set_breaker_state
+
+    set_breaker_state(b, "half_open")
+    b._remote_open(40.0, 0.0)
+    assert b.state is CircuitState.OPEN
+    set_breaker_state(b, "half_open")
+    b._remote_close(0.0)
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_observers_see_every_transition() -> None:
+    """Internal observers (used by the Redis layer) are called with breaker, states, reason."""
+    seen: list[tuple[str, str, str]] = []
+    b = CircuitBreaker("obs", failure_threshold=1)
+    b._observers.append(lambda br, old, new, reason: seen.append((old, new, reason)))
+    await fail_times(b, 1)
+    b.reset()
+    assert seen == [("closed", "open", "failure_threshold"), ("open", "closed", "reset")]
+
+
+def test_repr_in_half_open_and_rate_only(autojump_clock: trio.testing.MockClock) -> None:
+    """The repr shows probes in half-open and call counts for a rate-only breaker."""
+    from trio_resilience.testing import set_breaker_state
+
+    async def main() -> None:
+        b = CircuitBreaker("h", half_open_max_calls=2, success_threshold=3)
+        set_breaker_state(b, "half_open")
+        assert repr(b) == "<CircuitBreaker 'h' half_open 0/3 successes, 0/2 probes>"
+        r = CircuitBreaker("r", failure_threshold=None, failure_rate_threshold=0.5)
+        await r.call(trio.sleep, 0)
+        await fail_times(r, 1)
+        assert repr(r) == "<CircuitBreaker 'r' closed 1/2 failed calls>"
+
+    trio.run(main, clock=autojump_clock)
+
+
+def test_task_context_fallback_reads_the_current_task() -> None:
+    """The fallback run-context reader returns the current task."""
+    from trio_resilience._breaker import _run_context, _TaskContext
+
+    async def main() -> None:
+        assert _TaskContext().task is trio.lowlevel.current_task()
+        assert _run_context().task is trio.lowlevel.current_task()
+
+    trio.run(main)

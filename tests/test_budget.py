@@ -334,3 +334,13 @@ def test_no_window_ever_admits_more_than_the_limit(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     for i in range(len(passed) - limit):
         assert passed[i + limit] - passed[i] >= window - 1e-9
+
+
+async def test_repr_shows_progress_and_exhaustion(autojump_clock: trio.testing.MockClock) -> None:
+    """The repr says the limit, the iterations and whether it ran out."""
+    with LoopBudget(5, window=2.0, max_iterations=2, name="gc") as budget:
+        await budget.tick()
+        assert repr(budget) == "<LoopBudget 'gc' 5/2s 1 iterations, running>"
+        async for _ in budget:
+            pass
+    assert repr(budget) == "<LoopBudget 'gc' 5/2s 2 iterations, exhausted by max_iterations>"

@@ -554,3 +554,18 @@ def test_sleeps_are_the_backoff_delays_truncated_by_the_deadline(
             break
         expected.append(now + delay)
     assert times == pytest.approx(expected)
+
+
+async def test_attempt_iterator_numbers_and_budget(autojump_clock: trio.testing.MockClock) -> None:
+    """async for deposits once in the budget, numbers attempts from 1 and times them."""
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0)
+    retry = Retry(attempts=3, backoff=ConstantBackoff(0.5), budget=budget)
+    numbers: list[tuple[int, float]] = []
+    with pytest.raises(Boom):
+        async for attempt in retry:
+            with attempt:
+                numbers.append((attempt.number, trio.current_time()))
+                raise Boom
+    assert numbers == [(1, 0.0), (2, 0.5)]  # one deposit funds exactly one retry
+    stats = budget.statistics()
+    assert (stats.deposits, stats.withdrawals, stats.rejected) == (1, 1, 1)
