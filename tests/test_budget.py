@@ -198,7 +198,7 @@ async def test_async_for_yields_numbers_and_stops_cleanly(
 async def test_entered_once_and_tick_needs_entry() -> None:
     """A second with raises RuntimeError; a tick outside the block too."""
     budget = LoopBudget(10)
-    with pytest.raises(RuntimeError, match="before ticking"):
+    with pytest.raises(RuntimeError, match=r"^enter the LoopBudget with `with` before ticking it$"):
         await budget.tick()
     with budget:
         pass

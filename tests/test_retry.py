@@ -569,3 +569,23 @@ async def test_attempt_iterator_numbers_and_budget(autojump_clock: trio.testing.
     assert numbers == [(1, 0.0), (2, 0.5)]  # one deposit funds exactly one retry
     stats = budget.statistics()
     assert (stats.deposits, stats.withdrawals, stats.rejected) == (1, 1, 1)
+
+
+async def test_retry_error_carries_the_last_rejected_value(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """RetryError's last_outcome holds the last rejected result; the log says it."""
+    values = iter(["pending-1", "pending-2"])
+
+    async def status() -> str:
+        return next(values)
+
+    retry = constant(0.5, attempts=2, retry_if_result=lambda v: v.startswith("pending"))
+    with pytest.raises(RetryError) as info:
+        await retry.call(status)
+    assert info.value.last_outcome.unwrap() == "pending-2"
+    assert info.value.attempts == 2
+    gave_up = [e for e in logs if e["event"] == "trio_resilience.retry.gave_up"]
+    assert gave_up[0]["error"] == "rejected result 'pending-2'"
+    scheduled = [e for e in logs if e["event"] == "trio_resilience.retry.scheduled"]
+    assert scheduled[0]["error"] == "rejected result 'pending-1'"

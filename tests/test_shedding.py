@@ -623,3 +623,33 @@ async def test_shed_send_channel_probability_is_zero_with_a_waiting_receiver() -
         send.send_nowait(3)
     assert (info.value.item, info.value.reason) == (3, "buffer_full")
     assert (send.statistics().shed, send.statistics().evicted) == (1, 0)
+
+
+async def test_shed_send_channel_defaults_validation_and_logger() -> None:
+    """The wrapper's defaults, its argument checks, and a custom logger that gets events."""
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Logger:
+        def info(self, event: str, **kw: Any) -> None:
+            events.append((event, kw))
+
+        warning = error = info
+
+    raw_send, _ = trio.open_memory_channel[int](1)
+    default = ShedSendChannel(raw_send.clone())
+    assert default.name == "default"
+    assert isinstance(default.policy, ProbabilisticShedding)
+    with pytest.raises(TypeError, match=r"^on_shed must be callable or None, got 1$"):
+        ShedSendChannel(raw_send, on_shed=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^logger must have sync"):
+        ShedSendChannel(raw_send, logger=1)
+    send = ShedSendChannel(raw_send, policy=DropNewest(), name="q", logger=Logger())
+    send.send_nowait(1)
+    with pytest.raises(LoadShedError):
+        send.send_nowait(2)
+    assert events == [
+        (
+            "trio_resilience.shed.dropped",
+            {"channel": "q", "shed": 1, "evicted": 0, "policy": "drop_newest"},
+        )
+    ]
