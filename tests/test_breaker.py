@@ -1114,3 +1114,52 @@ def test_task_context_fallback_reads_the_current_task() -> None:
         assert _run_context().task is trio.lowlevel.current_task()
 
     trio.run(main)
+
+
+async def test_rate_window_expires_bucket_by_bucket(autojump_clock: trio.testing.MockClock) -> None:
+    """With a 10 s window (1 s buckets), counts leave the window one bucket at a time."""
+    b = CircuitBreaker(
+        failure_threshold=None, failure_rate_threshold=0.9, minimum_calls=100, failure_window=10
+    )
+
+    def window() -> tuple[int, int]:
+        stats = b.statistics()
+        return stats.calls_in_window, stats.failures_in_window
+
+    for _ in range(3):
+        await b.call(trio.sleep, 0)  # bucket 0
+    await trio.sleep(2.5)
+    await fail_times(b, 2)  # bucket 2
+    await trio.sleep(3.0)
+    await b.call(trio.sleep, 0)  # bucket 5
+    assert window() == (6, 2)
+    await trio.sleep(9.99 - trio.current_time())
+    assert window() == (6, 2)  # t = 9.99: bucket 0 still counts
+    await trio.sleep(10.0 - trio.current_time())
+    assert window() == (3, 2)  # t = 10: bucket 0 left
+    await trio.sleep(2.5)
+    assert window() == (1, 0)  # t = 12.5: bucket 2 left
+    await trio.sleep(3.0)
+    assert window() == (0, 0)  # t = 15.5: bucket 5 left
+    await b.call(trio.sleep, 0)
+    await trio.sleep(30)  # a jump over the whole window clears everything at once
+    assert window() == (0, 0)
+
+
+async def test_count_window_calls_expire_per_bucket(autojump_clock: trio.testing.MockClock) -> None:
+    """The count-only breaker's calls_in_window expires the same way."""
+    b = CircuitBreaker(failure_threshold=50, failure_window=10)
+    for _ in range(3):
+        await b.call(trio.sleep, 0)
+    assert b.statistics().calls_in_window == 3
+    await trio.sleep(4)
+    for _ in range(2):
+        await b.call(trio.sleep, 0)
+    await fail_times(b, 1)
+    assert b.statistics().calls_in_window == 6
+    await trio.sleep(6)  # t = 10: the first 3 left
+    stats = b.statistics()
+    assert (stats.calls_in_window, stats.failures_in_window) == (3, 1)
+    await trio.sleep(4)  # t = 14
+    stats = b.statistics()
+    assert (stats.calls_in_window, stats.failures_in_window) == (0, 0)

@@ -344,3 +344,31 @@ async def test_repr_shows_progress_and_exhaustion(autojump_clock: trio.testing.M
         async for _ in budget:
             pass
     assert repr(budget) == "<LoopBudget 'gc' 5/2s 2 iterations, exhausted by max_iterations>"
+
+
+async def test_custom_logger_window_edge_and_size_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A passed logger gets the events; a tick leaves the window exactly window later."""
+    events: list[str] = []
+
+    class Logger:
+        def info(self, event: str, **kw: object) -> None:
+            events.append(event)
+
+        warning = error = info
+
+    with LoopBudget(1, window=1.0, max_iterations=2, logger=Logger()) as budget:
+        await budget.tick()
+        await trio.sleep(0.999)
+        assert budget.statistics().iterations_in_window == 1
+        await trio.sleep(0.001)
+        assert budget.statistics().iterations_in_window == 0
+        await budget.tick()
+        await budget.tick()
+    assert events == ["trio_resilience.budget.exhausted"]
+    stats = budget.statistics()
+    assert stats.exhausted is True
+    assert stats.window_utilization == 1.0  # the second tick, at t = 1, is in the window
+    with pytest.raises(ValueError, match=r"^max_iterations_per_window must be <= 2147483647"):
+        LoopBudget(2**31)

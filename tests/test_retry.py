@@ -589,3 +589,52 @@ async def test_retry_error_carries_the_last_rejected_value(
     assert gave_up[0]["error"] == "rejected result 'pending-2'"
     scheduled = [e for e in logs if e["event"] == "trio_resilience.retry.scheduled"]
     assert scheduled[0]["error"] == "rejected result 'pending-1'"
+
+
+async def test_budget_tokens_expire_bucket_by_bucket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Deposits and withdrawals each leave the 10 s window with their own 1 s bucket."""
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10.0)
+    budget.deposit()
+    budget.deposit()  # bucket 0: +2
+    await trio.sleep(3)
+    budget.deposit()  # bucket 3: +1
+    await trio.sleep(2)
+    assert budget.try_withdraw()  # bucket 5: -1
+    assert budget.statistics().balance == 2.0
+    await trio.sleep(4.99)
+    assert budget.statistics().balance == 2.0  # t = 9.99
+    await trio.sleep(0.01)
+    assert budget.statistics().balance == 0.0  # t = 10: bucket 0 left (+1 -1)
+    assert not budget.try_withdraw()
+    await trio.sleep(3)  # t = 13: bucket 3 left; the failed withdrawal took nothing
+    budget.statistics()
+    assert budget._sum == -1000
+    await trio.sleep(2)  # t = 15: bucket 5 left
+    budget.statistics()
+    assert budget._sum == 0
+    budget.deposit()
+    assert budget.try_withdraw()
+    await trio.sleep(100)
+    budget.statistics()
+    assert budget._sum == 0
+
+
+async def test_budget_counts_bounds_and_cluster_offset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Withdrawals are counted one by one; ratio is bounded; other processes' tokens add."""
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0)
+    for _ in range(3):
+        budget.deposit()
+    assert budget.try_withdraw()
+    assert budget.try_withdraw()
+    assert budget.statistics().withdrawals == 2
+    budget._external = 4000  # what trio_resilience.redis sets: the cluster's net tokens
+    assert budget.statistics().balance == 5.0
+    budget._external = -1000
+    assert budget.statistics().balance == 0.0
+    assert not budget.try_withdraw()
+    with pytest.raises(ValueError, match=r"^ratio must be <= 1000, got 1001$"):
+        RetryBudget(ratio=1001)

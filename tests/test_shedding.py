@@ -353,6 +353,8 @@ async def test_on_shed_errors_are_logged_and_never_break_the_channel(
     failed = [e for e in logs if e["event"] == "trio_resilience.shed.on_shed_failed"]
     assert len(failed) == 1
     assert failed[0]["channel"] == "jobs"
+    assert failed[0]["error"] == "RuntimeError('callback bug')"
+    assert isinstance(failed[0]["exc_info"], RuntimeError)
 
 
 async def test_shed_logs_are_rate_limited(
