@@ -176,3 +176,16 @@ def test_realtime_mode_shows_progress(
     err = capsys.readouterr().err
     assert "[unguarded] t=" in err
     assert "[  guarded] t=" in err
+
+
+def test_overall_sentence_follows_the_figures() -> None:
+    """When the guarded run serves fewer requests on time, the sentence says so."""
+    short = DemoConfig(clients=4, healthy=1, outage=4, recovery=2, overload=2, calm=1)
+    result = run_scenario(short)
+    on_time = result.findings()["served_within_slo"]
+    overall = result.sentences()[-1]
+    assert f"{on_time['guarded']:,} requests served within 2 s" in overall
+    if on_time["guarded"] < on_time["unguarded"]:
+        assert "recovery timeout kept callers away" in overall
+    else:
+        assert "stopped mattering" in overall

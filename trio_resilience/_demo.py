@@ -525,12 +525,20 @@ class DemoResult:
             f"end by their budget's cancel scope."
         )
         on_time = f["served_within_slo"]
-        lines.append(
-            f"Overall: {on_time['guarded']:,} requests served within {SLO:g} s against "
-            f"{on_time['unguarded']:,} unguarded; the unguarded run served "
-            f"{f['served']['unguarded'] - on_time['unguarded']:,} more only after they had "
-            f"stopped mattering, and failures came back fast instead of queueing."
-        )
+        late = f["served"]["unguarded"] - on_time["unguarded"]
+        if on_time["guarded"] >= on_time["unguarded"]:
+            lines.append(
+                f"Overall: {on_time['guarded']:,} requests served within {SLO:g} s against "
+                f"{on_time['unguarded']:,} unguarded; the unguarded run served {late:,} more "
+                f"only after they had stopped mattering, and failures came back fast "
+                f"instead of queueing."
+            )
+        else:
+            lines.append(
+                f"Overall: {on_time['guarded']:,} requests served within {SLO:g} s against "
+                f"{on_time['unguarded']:,} unguarded: in phases this short the breaker's "
+                f"recovery timeout kept callers away longer than the outage cost them."
+            )
         return lines
 
     def to_json(self) -> dict[str, Any]:
