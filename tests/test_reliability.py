@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -177,7 +178,7 @@ async def test_load_through_a_pipeline_memory_is_flat(
 ) -> None:
     """200,000 calls from 2,000 tasks through a Pipeline: flat memory, no task left."""
     rng = random.Random(4)
-    quiet = Quiet()
+    quiet = structlog.ReturnLogger()
     breaker = CircuitBreaker("load", failure_threshold=None, logger=quiet)  # never trips
     retry = Retry(attempts=2, backoff=ConstantBackoff(0.01), logger=quiet)
     pipeline = Pipeline(retry, breaker, Bulkhead(5_000))
@@ -223,13 +224,6 @@ async def test_load_through_a_pipeline_memory_is_flat(
     assert breaker.statistics().total_calls >= 200_000
     assert breaker._entries == {}
     assert pipeline.policies[2].limiter.borrowed_tokens == 0  # type: ignore[attr-defined]
-
-
-class Quiet:
-    def info(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    warning = error = info
 
 
 # ------------------------------------------------------------------ exception identity

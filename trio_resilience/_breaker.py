@@ -687,9 +687,7 @@ class CircuitBreaker:
 
     def _flush(self) -> None:
         """Count the pending batch of successes in the bucket of its first success."""
-        at = self._pending_at
-        if at >= self._bucket_end or at < self._bucket_end - self._bucket_width:
-            self._roll(at)
+        self._roll(self._pending_at)
         self._bucket_calls[self._bucket_index % _RATE_BUCKETS] += self._pending
         self._sum_calls += self._pending
         self._pending = 0
@@ -700,7 +698,7 @@ class CircuitBreaker:
             self._flush()
         now = _current_time()
         if now >= self._bucket_end or now < self._bucket_end - self._bucket_width:
-            self._roll(now)
+            self._roll(now)  # checked inline too: this is the rate rule's per-call path
         slot = self._bucket_index % _RATE_BUCKETS
         self._bucket_calls[slot] += 1
         self._sum_calls += 1
@@ -727,6 +725,8 @@ class CircuitBreaker:
 
     def _roll(self, now: float) -> None:
         """Move the current bucket to the one holding ``now``, emptying those skipped."""
+        if self._bucket_end - self._bucket_width <= now < self._bucket_end:
+            return
         index = int(now // self._bucket_width)
         calls, failures = self._bucket_calls, self._bucket_failures
         old = self._bucket_index
@@ -754,8 +754,7 @@ class CircuitBreaker:
             return len(self._failures), self._sum_calls + self._pending
         if self._pending:
             self._flush()
-        if now >= self._bucket_end or now < self._bucket_end - self._bucket_width:
-            self._roll(now)
+        self._roll(now)
         if self.failure_threshold is None:
             return self._sum_failures, self._sum_calls
         window = self.failure_window

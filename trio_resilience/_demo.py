@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 import trio
 import trio.lowlevel
 import trio.testing
@@ -170,16 +171,8 @@ class RunResult:
         }
 
 
-class _Quiet:
-    """A logger that drops everything: the demo prints its own report."""
-
-    def info(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    warning = error = info
-
-
-QUIET = _Quiet()
+# The demo prints its own report: its policies log to a logger that drops everything.
+QUIET = structlog.ReturnLogger()
 
 
 class _Recorder:

@@ -393,7 +393,33 @@ class _SyncClose:
         self.close()
 
 
-class ShedMemorySendChannel(_SyncClose, trio.abc.SendChannel[T]):
+def _fail_waiters(waiters: OrderedDict[Task, Any], error: type[BaseException]) -> None:
+    """Wake every task waiting on the other end of the channel with ``error``."""
+    for task in waiters:
+        task.custom_sleep_data._tasks.remove(task)
+        reschedule(task, outcome.Error(error()))
+    waiters.clear()
+
+
+class _Handle(_SyncClose):
+    """One end of a shedding channel: tracks its own waiting tasks, as Trio's do."""
+
+    _closed: bool
+    _tasks: set[Task]
+
+    def _close_handle(self, waiters: OrderedDict[Task, Any]) -> bool:
+        """Mark this end closed and wake its own waiters; False if it already was."""
+        if self._closed:
+            return False
+        self._closed = True
+        for task in self._tasks:
+            reschedule(task, outcome.Error(trio.ClosedResourceError()))
+            del waiters[task]
+        self._tasks.clear()
+        return True
+
+
+class ShedMemorySendChannel(_Handle, trio.abc.SendChannel[T]):
     """The send end of :func:`open_shedding_channel` (Trio memory-channel semantics)."""
 
     def __init__(self, state: _State[T]) -> None:
@@ -489,20 +515,12 @@ class ShedMemorySendChannel(_SyncClose, trio.abc.SendChannel[T]):
 
     def close(self) -> None:
         """Close this send end synchronously (not a checkpoint)."""
-        if self._closed:
-            return
-        self._closed = True
         state = self._state
-        for task in self._tasks:
-            reschedule(task, outcome.Error(trio.ClosedResourceError()))
-            del state.send_tasks[task]
-        self._tasks.clear()
+        if not self._close_handle(state.send_tasks):
+            return
         state.open_send_channels -= 1
         if state.open_send_channels == 0:
-            for task in state.receive_tasks:
-                task.custom_sleep_data._tasks.remove(task)
-                reschedule(task, outcome.Error(trio.EndOfChannel()))
-            state.receive_tasks.clear()
+            _fail_waiters(state.receive_tasks, trio.EndOfChannel)
 
     def statistics(self) -> ShedChannelStatistics:
         """Return the channel's accounting (the same from either end)."""
@@ -512,7 +530,7 @@ class ShedMemorySendChannel(_SyncClose, trio.abc.SendChannel[T]):
         return f"<send end of shedding channel {self._state.acct.name!r}>"
 
 
-class ShedMemoryReceiveChannel(_SyncClose, trio.abc.ReceiveChannel[T]):
+class ShedMemoryReceiveChannel(_Handle, trio.abc.ReceiveChannel[T]):
     """The receive end of :func:`open_shedding_channel` (Trio memory-channel semantics)."""
 
     def __init__(self, state: _State[T]) -> None:
@@ -575,20 +593,12 @@ class ShedMemoryReceiveChannel(_SyncClose, trio.abc.ReceiveChannel[T]):
         When the last receive end closes, waiting senders get ``BrokenResourceError``
         and every buffered item is evicted to ``on_shed(item, "receiver_closed")``.
         """
-        if self._closed:
-            return
-        self._closed = True
         state = self._state
-        for task in self._tasks:
-            reschedule(task, outcome.Error(trio.ClosedResourceError()))
-            del state.receive_tasks[task]
-        self._tasks.clear()
+        if not self._close_handle(state.receive_tasks):
+            return
         state.open_receive_channels -= 1
         if state.open_receive_channels == 0:
-            for task in state.send_tasks:
-                task.custom_sleep_data._tasks.remove(task)
-                reschedule(task, outcome.Error(trio.BrokenResourceError()))
-            state.send_tasks.clear()
+            _fail_waiters(state.send_tasks, trio.BrokenResourceError)
             data, acct = state.data, state.acct
             state.stamps.clear()
             while data:

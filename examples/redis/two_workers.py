@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import structlog
 import trio
 
 from trio_resilience import CircuitBreaker, CircuitOpenError
@@ -25,15 +26,10 @@ class Unavailable(Exception):
     pass
 
 
-class Quiet:
-    def info(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    warning = error = info
-
-
 async def worker(url: str, name: str) -> None:
-    breaker = CircuitBreaker("payments", failure_threshold=3, recovery_timeout=20.0, logger=Quiet())
+    breaker = CircuitBreaker(
+        "payments", failure_threshold=3, recovery_timeout=20.0, logger=structlog.ReturnLogger()
+    )
 
     async def call_payments() -> str:
         await trio.sleep(0.01)
