@@ -26,11 +26,14 @@ from ._breaker import (
 from ._budget import LoopBudget, LoopBudgetStatistics, budgeted
 from ._classify import ExceptionSpec
 from ._exceptions import (
+    BulkheadFullError,
     CircuitOpenError,
     LoadShedError,
     LoopBudgetExhausted,
+    RateLimitExceeded,
     ResilienceError,
     RetryError,
+    ThrottledError,
 )
 from ._pipeline import (
     Bulkhead,
@@ -62,6 +65,7 @@ __all__ = [
     "Backoff",
     "BreakerRegistry",
     "Bulkhead",
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitBreakerStatistics",
     "CircuitOpenError",
@@ -86,6 +90,7 @@ __all__ = [
     "Pipeline",
     "Policy",
     "ProbabilisticShedding",
+    "RateLimitExceeded",
     "ResilienceError",
     "Retry",
     "RetryBudget",
@@ -97,6 +102,7 @@ __all__ = [
     "ShedSendChannel",
     "SheddingPolicy",
     "StateChange",
+    "ThrottledError",
     "budgeted",
     "open_guarded_nursery",
     "open_shedding_channel",

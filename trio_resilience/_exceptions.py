@@ -4,10 +4,13 @@
 
     Exception
      └── ResilienceError
-          ├── CircuitOpenError      a breaker refused a call
+          ├── BulkheadFullError     a bulkhead or concurrency limit had no free slot
+     ├── CircuitOpenError      a breaker refused a call
           ├── LoadShedError         a channel shed a send
           ├── LoopBudgetExhausted   a loop budget hit a hard limit
-          └── RetryError            retries ended on a rejected result
+          ├── RateLimitExceeded     a rate limiter could not admit in time
+          ├── RetryError            retries ended on a rejected result
+          └── ThrottledError        adaptive throttling rejected a call locally
 
 An exception raised by the user's own code is never wrapped: it comes out unchanged.
 """
@@ -102,3 +105,54 @@ class RetryError(ResilienceError):
 
     def __str__(self) -> str:
         return f"gave up after {self.attempts} attempts on a rejected result"
+
+
+class BulkheadFullError(ResilienceError):
+    """A bulkhead or an adaptive concurrency limit had no free slot in time.
+
+    Attributes:
+        name: the policy's name.
+        max_concurrent: the limit in force when the call was refused.
+    """
+
+    def __init__(self, name: str, max_concurrent: int) -> None:
+        super().__init__(name, max_concurrent)
+        self.name = name
+        self.max_concurrent = max_concurrent
+
+    def __str__(self) -> str:
+        return f"bulkhead {self.name!r} is full ({self.max_concurrent} concurrent calls)"
+
+
+class RateLimitExceeded(ResilienceError):
+    """A rate limiter could not admit the call within its wait limit or the deadline.
+
+    Attributes:
+        name: the limiter's name.
+        retry_after: seconds from now until the cost could be admitted.
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(name, retry_after)
+        self.name = name
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"rate limiter {self.name!r} exceeded; retry after {self.retry_after:.3f}s"
+
+
+class ThrottledError(ResilienceError):
+    """Adaptive throttling rejected a call locally, without sending it.
+
+    Attributes:
+        name: the throttle's name.
+        probability: the rejection probability in force when the call was refused.
+    """
+
+    def __init__(self, name: str, probability: float) -> None:
+        super().__init__(name, probability)
+        self.name = name
+        self.probability = probability
+
+    def __str__(self) -> str:
+        return f"throttle {self.name!r} rejected the call (p={self.probability:.3f})"
