@@ -13,15 +13,14 @@ See ``docs/http.md`` for what counts as a failure, what is retried and how.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import math
 import random
 import sys
 import time
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC
-from typing import Any, cast
+from typing import Any
 
 try:
     import httpx
@@ -70,8 +69,8 @@ _RETRYABLE: tuple[type[Exception], ...] = (
     httpx.RemoteProtocolError,
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-#: A retried response's body is read up to this many bytes to keep its connection in the
-#: pool; a longer body is cut off by closing the response (which drops the connection).
+#: A retried response's body of at most this many bytes (by Content-Length) is read to
+#: keep its connection in the pool; a longer or unsized one is closed unread.
 _DRAIN_LIMIT = 65536
 _current_time = trio.current_time
 
@@ -113,11 +112,11 @@ def parse_retry_after(value: object, now: float | None = None) -> float | None:
     if not isinstance(value, str):
         return None
     text = value.strip(" \t")
-    if not text or len(text) > 200:
-        return None
     if text.isascii() and text.isdigit():
         # float() of a long digit string is inf rather than an error: clamp to finite.
         return min(float(text), sys.float_info.max)
+    if not text or len(text) > 100:  # an HTTP-date has 29 characters
+        return None
     try:
         when = email.utils.parsedate_to_datetime(text)
         if when.tzinfo is None:
@@ -171,21 +170,17 @@ def origin_of(url: httpx.URL) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _replayable(request: httpx.Request) -> bool:
-    """Whether the request's body can be sent again (bytes, not a one-shot stream)."""
-    return isinstance(request.stream, httpx.ByteStream)
-
-
 async def _drain(response: httpx.Response) -> None:
-    """Read (a bounded part of) a retried response's body and close it."""
-    chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+    """Read a retried response's small body and close it, keeping its connection pooled.
+
+    A body of unknown or large length is not read: closing the response unread drops
+    its connection instead (a reconnect is cheaper than reading megabytes to discard).
+    """
     try:
-        seen = 0
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                seen += len(chunk)
-                if seen > _DRAIN_LIMIT:
-                    break
+        length = response.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) <= _DRAIN_LIMIT:
+            async for _ in response.aiter_raw():
+                pass
     except Exception:  # the connection is closed below either way
         pass
     finally:
@@ -301,6 +296,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         never retried or counted by the breaker, and gives back a withdrawn budget token.
         """
         breaker = self.breakers.get(origin_of(request.url))
+        # Decided before the first send: an inner transport may replace the stream.
+        replayable = request.stream.__class__ is httpx.ByteStream
         budget = self.budget
         if budget is not None:
             budget.deposit()
@@ -311,10 +308,10 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         except Exception as exc:
             if not isinstance(exc, _RETRYABLE) or not is_retryable(exc, self._retry_on):
                 raise
-            return await self._again(request, breaker, exc, None)
+            return await self._again(request, breaker, replayable, exc, None)
         if response.status_code not in self.retry_statuses:
             return response
-        return await self._again(request, breaker, None, response)
+        return await self._again(request, breaker, replayable, None, response)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
@@ -330,6 +327,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self,
         request: httpx.Request,
         breaker: CircuitBreaker,
+        replayable: bool,
         error: Exception | None,
         response: httpx.Response | None,
     ) -> httpx.Response:
@@ -337,7 +335,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         start = _current_time()
         attempt = 1
         delays: Iterator[float] | None = None
-        idempotent = request.method in self.retry_methods and _replayable(request)
+        idempotent = replayable and request.method in self.retry_methods
         while True:
             if response is not None:
                 sendable = idempotent
