@@ -595,6 +595,74 @@ async def test_a_budget_token_pays_for_each_retry(autojump_clock: trio.testing.M
     assert (stats.deposits, stats.withdrawals) == (1, 1)
 
 
+async def cancelled_at(when: float, client: httpx.AsyncClient) -> trio.CancelScope:
+    """GET URL in a scope that another task cancels at ``when`` (no deadline to see)."""
+    scope = trio.CancelScope()
+
+    async def cancel() -> None:
+        await trio.sleep(when)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel)
+        with scope:
+            await client.get(URL)
+    return scope
+
+
+async def test_a_cancelled_backoff_sleep_sends_nothing_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelled while sleeping before a retry: Cancelled propagates, no further attempt."""
+    rec = Recorder(503)
+    t = mock(rec, budget=RetryBudget())
+    async with httpx.AsyncClient(transport=t) as client:
+        scope = await cancelled_at(0.5, client)
+    assert scope.cancelled_caught
+    assert trio.current_time() == 0.5
+    assert rec.times == [0.0]
+
+
+async def test_zero_backoff_skips_the_sleeps(autojump_clock: trio.testing.MockClock) -> None:
+    """Inside testing.zero_backoff(), even a Retry-After retry is immediate."""
+    from trio_resilience.testing import zero_backoff
+
+    rec = Recorder((503, {"Retry-After": "9"}), 503, 200)
+    t = mock(rec)
+    async with httpx.AsyncClient(transport=t) as client:
+        with zero_backoff():
+            assert (await client.get(URL)).status_code == 200
+    assert rec.times == [0.0, 0.0, 0.0]
+
+
+async def test_a_retried_body_that_fails_to_read_is_closed_anyway(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 503 whose body breaks while drained is closed and the retry goes on."""
+    closed: list[bool] = []
+
+    class Broken(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            raise httpx.ReadError("reset")
+            yield b""  # pragma: no cover
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    answers = [
+        httpx.Response(503, headers={"content-length": "10"}, stream=Broken()),
+        httpx.Response(200),
+    ]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)
+
+    t = ResilientTransport(httpx.MockTransport(handler), retry=Retry(backoff=ConstantBackoff(1)))
+    async with httpx.AsyncClient(transport=t) as client:
+        assert (await client.get(URL)).status_code == 200
+    assert closed == [True]
+
+
 @pytest.mark.skipif(
     not hasattr(RetryBudget, "give_back"), reason="RetryBudget.give_back() is wave 2 (core)"
 )
@@ -606,8 +674,7 @@ async def test_a_cancelled_backoff_sleep_gives_the_token_back(
     rec = Recorder(503)
     t = mock(rec, budget=budget)
     async with httpx.AsyncClient(transport=t) as client:
-        with trio.move_on_after(0.5):
-            await client.get(URL)
+        assert (await cancelled_at(0.5, client)).cancelled_caught
     assert budget.statistics().balance == 10.0
 
 

@@ -14,7 +14,6 @@ See ``docs/http.md`` for what counts as a failure, what is retried and how.
 from __future__ import annotations
 
 import email.utils
-import math
 import random
 import sys
 import time
@@ -129,8 +128,6 @@ def parse_retry_after(value: object, now: float | None = None) -> float | None:
         # time on the server, so only the wall clock can say how far away it is.
         now = time.time()
     delay = stamp - now
-    if not math.isfinite(delay):
-        return None
     return delay if delay > 0.0 else 0.0
 
 
