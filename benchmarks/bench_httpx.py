@@ -1,7 +1,7 @@
 """A GET through ResilientTransport against the bare httpx transport, on a healthy server.
 
-Both clients talk to the same hypercorn app on loopback, in the same Trio run, rounds
-interleaved; the ratio is the transport's whole overhead (breaker, status check, retry
+Both clients talk to the same hypercorn app on loopback, in the same Trio run, requests
+interleaved one by one; the ratio of medians is the whole overhead (breaker, status check, retry
 bookkeeping) on the happy path. Run: ``python benchmarks/bench_httpx.py``.
 """
 

@@ -984,3 +984,23 @@ async def test_loopback_huge_retried_bodies_are_cut_off_not_leaked(
         assert isinstance(t.inner, httpx.AsyncHTTPTransport)
         assert len(t.inner._pool.connections) <= 1
     assert scripted.requests == 20
+
+
+def test_the_example_tells_the_story(capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/httpx_client.py waits out Retry-After, opens one host's breaker only."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "httpx_client.py"
+    spec = importlib.util.spec_from_file_location("example_httpx_client", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lines = trio.run(module.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert lines[0].startswith("flaky: 200 after a Retry-After wait of 1.")
+    assert lines[1:4] == ["down: 500 (a 500 reaches the caller)"] * 3
+    assert lines[4] == "down: rejected without connecting, retry in 30s"
+    assert lines[-2:] == [
+        "flaky breaker closed: 1 failures, 0 rejected",
+        "down breaker open: 3 failures, 1 rejected",
+    ]
