@@ -1004,3 +1004,70 @@ def test_the_example_tells_the_story(capsys: pytest.CaptureFixture[str]) -> None
         "flaky breaker closed: 1 failures, 0 rejected",
         "down breaker open: 3 failures, 1 rejected",
     ]
+
+
+@given(value=st.binary(max_size=64), seed=st.integers(0, 2**32))
+def test_garbage_retry_after_headers_never_break_a_request(value: bytes, seed: int) -> None:
+    """Whatever a server puts in Retry-After, the retry waits within [0, cap * (1 + j)]."""
+    answers = [httpx.Response(503, headers=[(b"Retry-After", value)]), httpx.Response(200)]
+    times: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        return answers.pop(0)
+
+    async def main() -> int:
+        t = ResilientTransport(
+            httpx.MockTransport(handler),
+            retry=Retry(backoff=ConstantBackoff(0.5)),
+            max_retry_after=5.0,
+            rng=random.Random(seed),
+        )
+        async with httpx.AsyncClient(transport=t) as client:
+            return (await client.get(URL)).status_code
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == 200
+    assert 0.0 <= times[1] <= 5.0 * 1.1
+
+
+async def test_a_storm_of_cancelled_requests_leaks_no_half_open_permit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """200 requests on a half-open host, cancelled at random: every probe permit returns."""
+    rng = random.Random(11)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(rng.uniform(0, 2))
+        return httpx.Response(rng.choice([200, 503, 500]))
+
+    registry = BreakerRegistry(
+        failure_threshold=1, recovery_timeout=1.0, success_threshold=1000, half_open_max_calls=3
+    )
+    t = ResilientTransport(
+        httpx.MockTransport(handler), breakers=registry, retry=Retry(backoff=ConstantBackoff(0.1))
+    )
+    breaker = t.breaker_for(URL)
+    outcomes: dict[str, int] = {}
+
+    async def one(client: httpx.AsyncClient) -> None:
+        with trio.move_on_after(rng.uniform(0, 3)) as scope:
+            try:
+                response = await client.get(URL)
+                key = str(response.status_code)
+            except CircuitOpenError:
+                key = "rejected"
+        if scope.cancelled_caught:
+            key = "cancelled"
+        outcomes[key] = outcomes.get(key, 0) + 1
+
+    async with httpx.AsyncClient(transport=t) as client:
+        for _ in range(20):
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(one, client)
+            await trio.sleep(1.0)
+    stats = breaker.statistics()
+    assert stats.half_open_in_flight == 0
+    assert sum(outcomes.values()) == 200
+    assert outcomes.get("cancelled", 0) > 0 and outcomes.get("rejected", 0) > 0
+    assert breaker.half_open_limiter.borrowed_tokens == 0
