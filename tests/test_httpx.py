@@ -213,7 +213,7 @@ def test_methods_are_normalised_to_upper_case() -> None:
         ({"retry_methods": [""]}, ValueError, r"^retry_methods must hold HTTP method names"),
         ({"retry_methods": ["G T"]}, ValueError, r"^retry_methods must hold HTTP method names"),
         ({"max_retry_after": -1}, ValueError, r"^max_retry_after must be >= 0, got -1$"),
-        ({"max_retry_after": math.inf}, ValueError, r"^max_retry_after must be finite, got inf$"),
+        ({"max_retry_after": math.nan}, ValueError, r"^max_retry_after must not be NaN, got nan$"),
         ({"max_retry_after": "1"}, TypeError, r"^max_retry_after must be a number, got '1'$"),
         ({"hint_jitter": 1.5}, ValueError, r"^hint_jitter must be <= 1, got 1.5$"),
         ({"hint_jitter": math.nan}, ValueError, r"^hint_jitter must not be NaN, got nan$"),
@@ -432,6 +432,23 @@ async def test_retry_after_http_date_uses_the_wall_clock(
     async with httpx.AsyncClient(transport=t) as client:
         await client.get(URL)
     assert rec.times == [0.0, 4.0]
+
+
+async def test_an_infinite_cap_waits_as_long_as_the_server_asks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """max_retry_after=inf: Retry-After: 3000 waits 3000 s (within max_total_duration)."""
+    rec = Recorder((503, {"Retry-After": "3000"}), 200)
+    retry = Retry(backoff=ConstantBackoff(1.0), max_total_duration=None)
+    t = mock(rec, retry=retry, max_retry_after=math.inf, hint_jitter=0.0)
+    async with httpx.AsyncClient(transport=t) as client:
+        assert (await client.get(URL)).status_code == 200
+    assert rec.times == [0.0, 3000.0]
+    huge = Recorder((503, {"Retry-After": "9" * 400}), 200)
+    t = mock(huge, retry=retry, max_retry_after=math.inf, rng=random.Random(0))
+    async with httpx.AsyncClient(transport=t) as client:
+        assert (await client.get(URL)).status_code == 503  # an endless wait: given up at once
+    assert trio.current_time() == 3000.0
 
 
 async def test_garbage_retry_after_keeps_the_backoff(

@@ -210,7 +210,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         failure_statuses: statuses counted as failures of the host.
         retry_statuses: statuses retried (for idempotent methods).
         retry_methods: methods retried after the request was sent.
-        max_retry_after: the cap, in seconds, on a server's ``Retry-After``.
+        max_retry_after: the cap, in seconds, on a server's ``Retry-After``
+            (``math.inf``: no cap; the deadlines still apply).
         hint_jitter: a ``Retry-After`` delay ``d`` becomes a draw in
             ``[d, d * (1 + hint_jitter)]``.
         rng: the source of that jitter (and of the default backoff's).
@@ -254,7 +255,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self.failure_statuses = _statuses("failure_statuses", failure_statuses)
         self.retry_statuses = _statuses("retry_statuses", retry_statuses)
         self.retry_methods = _methods(retry_methods)
-        self.max_retry_after = check_number("max_retry_after", max_retry_after, ge=0)
+        self.max_retry_after = check_number(
+            "max_retry_after", max_retry_after, ge=0, allow_inf=True
+        )
         self.hint_jitter = check_number("hint_jitter", hint_jitter, ge=0, le=1)
         self.logger = check_logger(logger)
         self.rng = rng
