@@ -716,10 +716,7 @@ class CircuitBreaker:
         if state is _OPEN:
             self._open_until = now + self._open_period
         elif state is _HALF_OPEN:
-            self._gen += 1  # probes of the old run are stale
-            self._consecutive = 0
-            self._limiter = None
-            self._start_half_open(now)
+            self._start_half_open(now)  # (no probe of the old run can be in flight)
 
     def _now(self) -> float:
         try:
