@@ -213,6 +213,7 @@ class CircuitBreaker:
         "_open_until",
         "_pending",
         "_pending_at",
+        "_plain_probe",
         "_rate_den",
         "_rate_num",
         "_recovery_delays",
@@ -311,6 +312,9 @@ class CircuitBreaker:
         self._timed = self.slow_call_duration is not None or self.failure_if_result is not None
         self._fast = not self._timed
         self._fast_with = self._fast
+        # Probes need neither a clock nor a ticket: no slow-call or result check, no
+        # half-open timeout, no cluster permits (set again by the sharing port).
+        self._plain_probe = not self._timed and self.half_open_max_duration is None
         # Created on first use: the half-open limiter, the AsyncValue of state_value and
         # the parking lot of wait_ready()/serve(); the sharing port's hooks.
         self._limiter: trio.CapacityLimiter | None = None
@@ -377,6 +381,32 @@ class CircuitBreaker:
                     self._pending = pending + 1
                 else:
                     self._count_success()
+            return result
+        if self._state is _HALF_OPEN and self._plain_probe:
+            # The half-open probe's short path: no clock, no ticket object.
+            gen = self._gen
+            limiter = self._limiter
+            if limiter is None:
+                limiter = self.half_open_limiter
+            borrower = object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                await self._reject()
+            self._total_calls += 1
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._probe_ended(limiter, borrower, gen, exc)
+                raise
+            limiter.release_on_behalf_of(borrower)
+            if self._lot:
+                self._lot.unpark_all()
+            self._total_successes += 1
+            if gen == self._gen:
+                self._consecutive += 1
+                if self._consecutive >= self.success_threshold:
+                    self._transition(_CLOSED, "success_threshold", self._read())
             return result
         ticket = self._admit()
         if ticket is None:
@@ -967,6 +997,29 @@ class CircuitBreaker:
             assert verdict == CANCELLED
             self._total_cancelled += 1
 
+    def _plain_probe_without_source(self) -> bool:
+        return not self._timed and self.half_open_max_duration is None
+
+    def _probe_ended(
+        self, limiter: trio.CapacityLimiter, borrower: object, gen: int, exc: BaseException
+    ) -> None:
+        """A probe of the short path raised: give its permit back, then count it."""
+        limiter.release_on_behalf_of(borrower)
+        self._wake()
+        verdict = self._verdict(exc)
+        if verdict == SUCCESS:
+            self._total_successes += 1
+            if gen == self._gen:
+                self._consecutive += 1
+                if self._consecutive >= self.success_threshold:
+                    self._transition(_CLOSED, "success_threshold", self._read())
+        elif verdict == FAILURE:
+            self._failed(gen, exc)
+        elif verdict == IGNORED:
+            self._total_ignored += 1
+        else:
+            self._total_cancelled += 1
+
     def _success_after_release(self, ticket: _Ticket) -> None:
         """A success whose permits were already given back (an error counted as one)."""
         slow = self.slow_call_duration
@@ -995,8 +1048,17 @@ class CircuitBreaker:
 
     def _count_success(self) -> None:
         """Count a closed-state success: exactly for the rate rule, else in a batch."""
-        if self.failure_rate_threshold is not None:
-            self._record_closed(False, self._read())
+        if self._rate_den:  # the rate rule's per-call path, kept short
+            clock = _current_clock()
+            if clock is not self._clock:
+                self._check_run(clock)
+            ring = self._ring
+            ring.count(clock.current_time(), 0, 1)
+            self._counted_calls += 1
+            totals = ring.totals
+            calls = totals[0]
+            if calls >= self.minimum_calls and totals[1] * self._rate_den >= self._rate_num * calls:
+                self._transition(_OPEN, "failure_rate", clock.current_time())
             return
         if self._pending:
             self._flush()
@@ -1439,6 +1501,7 @@ class BreakerSharing:
         shared = self.breaker._shared
         if shared is not None and shared.owner is owner:
             self.breaker._shared = None
+            self.breaker._plain_probe = self.breaker._plain_probe_without_source()
 
     def add_listener(self, fn: Callable[[StateChange], None]) -> None:
         """Call ``fn(change)`` after every transition (local or applied by the port).
@@ -1480,6 +1543,8 @@ class BreakerSharing:
                 f"source must have acquire(breaker) and release(breaker, lease), got {source!r}"
             )
         self._hooks().permits = source
+        breaker = self.breaker
+        breaker._plain_probe = source is None and breaker._plain_probe_without_source()
 
     def __repr__(self) -> str:
         return f"<BreakerSharing of {self.breaker!r}>"
