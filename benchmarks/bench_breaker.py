@@ -5,6 +5,7 @@ Run: ``python benchmarks/bench_breaker.py`` (``make bench`` runs every benchmark
 
 from __future__ import annotations
 
+import structlog
 import trio
 from _common import Row, memory_growth, ratio_row, report, time_loops
 
@@ -31,9 +32,16 @@ async def main() -> None:
     breaker = CircuitBreaker("bench")
     rate_breaker = CircuitBreaker("bench-rate", failure_rate_threshold=0.5)
     noop = NoopContext()
-    open_breaker = CircuitBreaker("bench-open", failure_threshold=1, recovery_timeout=1e9)
+    quiet = structlog.ReturnLogger()
+    open_breaker = CircuitBreaker(
+        "bench-open", failure_threshold=1, recovery_timeout=1e9, logger=quiet
+    )
     probing = CircuitBreaker(
-        "bench-probe", failure_threshold=1, recovery_timeout=0.0, success_threshold=2**62
+        "bench-probe",
+        failure_threshold=1,
+        recovery_timeout=0.0,
+        success_threshold=2**62,
+        logger=quiet,
     )
 
     async def down() -> None:

@@ -193,3 +193,43 @@ def test_fast_path_breaker_agrees_with_the_model(program: list[Step]) -> None:
 def test_timed_breaker_agrees_with_the_model(program: list[Step]) -> None:
     """The same with a slow-call check (the ticketed path)."""
     run_model(2.0, program)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    calls=st.sampled_from([1, 3, 7, 20, 50, 100, 200]),
+    percent=st.integers(min_value=1, max_value=100),
+    delta=st.sampled_from([-1, 0, 0, 0, 1]),
+    successes_last=st.booleans(),
+)
+def test_rate_rule_agrees_with_exact_fractions(
+    calls: int, percent: int, delta: int, successes_last: bool
+) -> None:
+    """With minimum_calls = every call, the breaker trips iff failures/calls >= rate,
+    the rate read as the decimal written (no float error at the boundary)."""
+    from fractions import Fraction
+
+    failures = min(calls, max(0, calls * percent // 100 + delta))
+    successes = calls - failures
+    breaker = CircuitBreaker(
+        failure_threshold=None, failure_rate_threshold=percent / 100, minimum_calls=calls
+    )
+
+    async def ok() -> None: ...
+
+    async def fail() -> None:
+        raise Boom
+
+    async def main() -> None:
+        order = [fail] * failures + [ok] * successes
+        if not successes_last:
+            order.reverse()
+        for fn in order:
+            try:
+                await breaker.call(fn)
+            except (Boom, CircuitOpenError):
+                pass
+
+    trio.run(main, clock=trio.testing.MockClock())
+    expected = Fraction(failures, calls) >= Fraction(percent, 100)
+    assert (breaker.statistics().times_opened == 1) is expected
