@@ -2119,3 +2119,33 @@ def test_breakers_are_listed_as_live_policies() -> None:
     del b
     gc.collect()
     assert all(x.name != "listed" for x in _live.live("breaker"))
+
+
+def test_a_new_run_noticed_mid_flight_keeps_the_entries_of_this_run() -> None:
+    """Entries made in a new run before it was noticed still exit cleanly."""
+    clock = trio.testing.MockClock()
+    b = CircuitBreaker(failure_threshold=5)
+
+    async def warm() -> None:
+        await b.call(ok)
+
+    trio.run(warm, clock=clock)
+
+    async def two_entries() -> None:
+        release = trio.Event()
+
+        async def holder() -> None:
+            async with b:
+                await release.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(Boom):
+                async with b:
+                    raise Boom  # the failure reads the clock: the new run is noticed
+            release.set()
+        await assert_settled(b)
+        assert b.statistics().failures_in_window == 1
+
+    trio.run(two_entries, clock=clock)

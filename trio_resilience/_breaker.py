@@ -735,13 +735,10 @@ class CircuitBreaker:
         self._run = token
         if first:
             return
-        # A new run: none of the stored times mean anything any more.
+        # A new run: none of the stored times mean anything any more. (Counts of calls
+        # in flight stay: this run may already have entries whose exits will come.)
         now = clock.current_time()
         self._clear_window()
-        self._entries.clear()
-        self._untracked = self._untracked_stale = 0
-        self._fast_with = self._fast
-        self._lot = None
         state = self._state
         if state is _OPEN:
             self._open_until = now + self._open_period
