@@ -2149,3 +2149,20 @@ def test_a_new_run_noticed_mid_flight_keeps_the_entries_of_this_run() -> None:
         assert b.statistics().failures_in_window == 1
 
     trio.run(two_entries, clock=clock)
+
+
+def test_a_second_run_never_trips_on_the_first_runs_rate_counts() -> None:
+    """Nine failures of an earlier run plus one success now do not reach the rate rule."""
+    b = CircuitBreaker(failure_threshold=None, failure_rate_threshold=0.5, minimum_calls=10)
+
+    async def nine_failures() -> None:
+        await fail_times(b, 9)
+
+    trio.run(nine_failures, clock=trio.testing.MockClock())
+
+    async def one_success() -> None:
+        await b.call(ok)
+        assert b.state is CircuitState.CLOSED
+        assert b.statistics().calls_in_window == 1  # the window started afresh
+
+    trio.run(one_success, clock=trio.testing.MockClock())

@@ -54,6 +54,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _current_clock = trio.lowlevel.current_clock
+_current_time = trio.current_time
 _getframe = sys._getframe
 _RATE_BUCKETS = 10
 # A closed breaker without a rate rule, slow-call check or result check reads the clock
@@ -218,6 +219,9 @@ class CircuitBreaker:
         "_rate_num",
         "_recovery_delays",
         "_ring",
+        "_ring_hi",
+        "_ring_lo",
+        "_ring_offset",
         "_run",
         "_shared",
         "_state",
@@ -334,6 +338,10 @@ class CircuitBreaker:
         self._ftimes: list[float] = []
         self._fhead = 0
         self._ring = TimeRing(self.failure_window, _RATE_BUCKETS, 2)
+        # The span and offset of the bucket the rate rule counted in last (see
+        # _count_success): a success in the same bucket skips the ring's advance.
+        self._ring_lo = self._ring_hi = -math.inf
+        self._ring_offset = 0
         self._pending = 0
         self._pending_at = 0.0
         self._counted_calls = 0
@@ -1046,22 +1054,47 @@ class CircuitBreaker:
     def _count_success(self) -> None:
         """Count a closed-state success: exactly for the rate rule, else in a batch."""
         if self._rate_den:  # the rate rule's per-call path, kept short
-            clock = _current_clock()
-            if clock is not self._clock:
-                self._check_run(clock)
+            now = _current_time()
             ring = self._ring
-            ring.count(clock.current_time(), 0, 1)
+            if self._ring_lo <= now < self._ring_hi:  # the bucket of the last count
+                ring.add(self._ring_offset, 0, 1)
+            else:
+                clock = _current_clock()
+                if clock is not self._clock:
+                    self._check_run(clock)
+                ring.add(self._ring_bucket(now), 0, 1)
             self._counted_calls += 1
             totals = ring.totals
             calls = totals[0]
             if calls >= self.minimum_calls and totals[1] * self._rate_den >= self._rate_num * calls:
-                self._transition(_OPEN, "failure_rate", clock.current_time())
+                self._rate_trip_on_success()
             return
         if self._pending:
             self._flush()
         now = self._read()
         self._pending = 1
         self._pending_at = now
+
+    def _ring_bucket(self, now: float) -> int:
+        """Advance the ring to ``now``; remember that bucket's span for the next count."""
+        ring = self._ring
+        offset = ring.advance(now)
+        width = ring.width
+        hi = (math.floor(now / width) + 1) * width if math.isfinite(now) else -math.inf
+        self._ring_hi = hi
+        self._ring_lo = hi - width
+        self._ring_offset = offset
+        return offset
+
+    def _rate_trip_on_success(self) -> None:
+        """A success reached minimum_calls at a failing rate: trip, unless the counts
+        turn out to be an earlier run's (then the window starts afresh instead)."""
+        run = self._run
+        now = self._read_checked()
+        if self._run is not run:  # a new run: count this success in the fresh window
+            self._ring.add(self._ring_bucket(now), 0, 1)
+        if self._rate_trips(int(self._ring.total(now, 1)), int(self._ring.totals[0])):
+            self._transition(_OPEN, "failure_rate", now)
 
     def _flush(self) -> None:
         """Count the pending batch of successes in the bucket of its first success."""
@@ -1075,7 +1108,7 @@ class CircuitBreaker:
         if self._pending:
             self._flush()
         ring = self._ring
-        offset = ring.advance(now)
+        offset = self._ring_bucket(now)
         ring.add(offset, 0, 1)
         self._counted_calls += 1
         if failed:
@@ -1137,6 +1170,7 @@ class CircuitBreaker:
         return sum(1 for i in range(self._fhead, len(times)) if times[i] + window > now), calls
 
     def _clear_window(self) -> None:
+        self._ring_lo = self._ring_hi = -math.inf  # forget the cached bucket
         self._pending = 0
         self._ftimes.clear()
         self._fhead = 0
