@@ -1698,6 +1698,27 @@ async def test_raising_predicate_during_a_probe_counts_a_failure_and_returns_the
     assert failed[0]["breaker"] == "t" and "predicate bug" in failed[0]["error"]
 
 
+@pytest.mark.parametrize("timed", [False, True])
+async def test_raising_predicate_in_an_async_with_probe_returns_the_permit(
+    autojump_clock: trio.testing.MockClock, timed: bool
+) -> None:
+    """The same through async with, on the short and the ticketed probe paths."""
+    from trio_resilience.testing import set_breaker_state
+
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("predicate bug")
+
+    extra: dict[str, Any] = {"slow_call_duration": 5.0} if timed else {}
+    b = open_breaker(ignore_on=broken, half_open_max_calls=1, **extra)
+    set_breaker_state(b, "half_open")
+    with pytest.raises(Boom):
+        async with b:
+            raise Boom
+    assert b.state is CircuitState.OPEN
+    assert b.half_open_limiter.borrowed_tokens == 0
+    await assert_settled(b)
+
+
 async def test_raising_ignore_on_predicate_in_async_with_counts_a_failure() -> None:
     """The same through async with and ignore_on in the closed state."""
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trio_resilience import CircuitBreaker, CircuitOpenError
@@ -22,8 +22,10 @@ SUCCESSES = 2
 class Model:
     """The contract, written as plainly as possible (sequential calls only)."""
 
-    def __init__(self, slow: float | None) -> None:
+    def __init__(self, slow: float | None, half_open_max: float | None = None) -> None:
         self.slow = slow
+        self.half_open_max = half_open_max
+        self.half_open_until = 0.0
         self.state = "closed"
         self.failures: list[float] = []
         self.open_until = 0.0
@@ -45,6 +47,17 @@ class Model:
         if state == "half_open" and self.state == "open":
             self.state = "half_open"
             self.consecutive = 0
+            if self.half_open_max is not None:
+                self.half_open_until = now + self.half_open_max
+        elif (
+            self.state == "half_open"
+            and self.half_open_max is not None
+            and now >= self.half_open_until
+        ):
+            self.open(now)  # the half-open timeout, applied by this call: refused
+            if not cancelled:
+                self.totals["rejected"] += 1
+            return False
         if state != "disabled":
             self.totals["calls"] += 1
         return True
@@ -145,7 +158,7 @@ def check(breaker: CircuitBreaker, model: Model) -> None:
     assert stats.half_open_in_flight == 0
 
 
-def run_model(slow: float | None, program: list[Step]) -> None:
+def run_model(slow: float | None, program: list[Step], half_open_max: float | None = None) -> None:
     breaker = CircuitBreaker(
         "model",
         failure_threshold=THRESHOLD,
@@ -154,9 +167,10 @@ def run_model(slow: float | None, program: list[Step]) -> None:
         success_threshold=SUCCESSES,
         half_open_max_calls=1,
         slow_call_duration=slow,
+        half_open_max_duration=half_open_max,
         ignore_on=KeyError,
     )
-    model = Model(slow)
+    model = Model(slow, half_open_max)
 
     async def main() -> None:
         clock = trio.lowlevel.current_clock()
@@ -193,6 +207,24 @@ def test_fast_path_breaker_agrees_with_the_model(program: list[Step]) -> None:
 def test_timed_breaker_agrees_with_the_model(program: list[Step]) -> None:
     """The same with a slow-call check (the ticketed path)."""
     run_model(2.0, program)
+
+
+STUCK_HALF_OPEN: list[Step] = [
+    *[("call", "failure", 0.0, False)] * 3,
+    ("advance", 5.0),
+    ("call", "success", 0.0, False),  # half-open: one success of two
+    ("advance", 5.0),  # past the half-open timeout
+    ("call", "success", 0.0, True),  # refused: the timeout re-opens it
+    ("call", "success", 0.0, False),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@example(program=STUCK_HALF_OPEN)
+@given(program=steps)
+def test_half_open_timeout_breaker_agrees_with_the_model(program: list[Step]) -> None:
+    """With half_open_max_duration, a stuck half-open period re-opens at the next call."""
+    run_model(None, program, half_open_max=4.0)
 
 
 @settings(max_examples=400, deadline=None)

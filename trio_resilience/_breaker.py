@@ -1278,9 +1278,20 @@ class PermitSource(Protocol):
     ``release`` must not block; an exception it raises is logged and dropped.
     """
 
-    async def acquire(self, breaker: CircuitBreaker, /) -> str | bool | None: ...
+    async def acquire(self, breaker: CircuitBreaker, /) -> str | bool | None:
+        """Take a cluster-wide probe permit for ``breaker``.
 
-    def release(self, breaker: CircuitBreaker, lease: str, /) -> None: ...
+        Returns:
+            a lease id, True, False (refused) or None (no answer: decide locally).
+
+        **Cancellation**: the probe waits on it; a cancelled wait must take no permit
+        (or one that expires on its own), and the probe's local permit is given back.
+        """
+        ...
+
+    def release(self, breaker: CircuitBreaker, lease: str, /) -> None:
+        """Give back the permit ``lease`` (sync: schedule the work, do not block)."""
+        ...
 
 
 class _ObserverList(list[Any]):
