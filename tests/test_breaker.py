@@ -2187,3 +2187,26 @@ def test_a_second_run_never_trips_on_the_first_runs_rate_counts() -> None:
         assert b.statistics().calls_in_window == 1  # the window started afresh
 
     trio.run(one_success, clock=trio.testing.MockClock())
+
+
+async def test_a_loop_of_refusals_still_lets_other_tasks_run() -> None:
+    """A task that retries refusals at once yields every 64 refusals."""
+    b = CircuitBreaker(failure_threshold=1)
+    await fail_times(b, 1)
+    refusals = 0
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+
+            async def stopper() -> None:
+                scope.cancel()
+
+            nursery.start_soon(stopper)
+            for _ in range(1000):
+                try:
+                    await b.call(ok)
+                except CircuitOpenError:
+                    refusals += 1
+    assert scope.cancelled_caught
+    # The stopper runs at the first yield (64) or, when Trio's batch runs this task
+    # first, at the second (128); never a thousand refusals later.
+    assert refusals in (64, 128)

@@ -806,9 +806,16 @@ class CircuitBreaker:
         )
 
     async def _reject(self) -> NoReturn:
-        """Refuse the call: a cancelled caller gets Cancelled, others CircuitOpenError."""
+        """Refuse the call: a cancelled caller gets Cancelled, others CircuitOpenError.
+
+        A refusal raises after checking for cancellation, as Trio's channels do, and
+        every 64th refusal also yields to the scheduler: a loop that retries refusals
+        at once still lets other tasks and deadlines run, at 1/64 of the cost.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._total_rejected += 1
+        if not self._total_rejected & 63:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         raise self._rejection()
 
     def _admit(self) -> int | _Ticket | None:
