@@ -387,6 +387,18 @@ class CircuitBreaker:
                 pending = self._pending
                 if 0 < pending < _BATCH:
                     self._pending = pending + 1
+                elif self._rate_den and self._ring_lo <= _current_time() < self._ring_hi:
+                    # The rate rule, a success in the bucket of the last count.
+                    ring = self._ring
+                    ring.add(self._ring_offset, 0, 1)
+                    self._counted_calls += 1
+                    totals = ring.totals
+                    calls = totals[0]
+                    if (
+                        calls >= self.minimum_calls
+                        and totals[1] * self._rate_den >= self._rate_num * calls
+                    ):
+                        self._rate_trip_on_success()
                 else:
                     self._count_success()
             return result
