@@ -44,6 +44,7 @@ from ._pipeline import (
     Policy,
     open_guarded_nursery,
 )
+from ._ratelimit import RateLimiter, RateLimiterStatistics
 from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,
@@ -91,6 +92,8 @@ __all__ = [
     "Policy",
     "ProbabilisticShedding",
     "RateLimitExceeded",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "ResilienceError",
     "Retry",
     "RetryBudget",
