@@ -58,10 +58,13 @@ from ._shedding import (
     ShedSendChannel,
     open_shedding_channel,
 )
+from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveThrottle",
+    "AdaptiveThrottleStatistics",
     "Attempt",
     "Backoff",
     "BreakerRegistry",
