@@ -25,6 +25,7 @@ from ._breaker import (
 )
 from ._budget import LoopBudget, LoopBudgetStatistics, budgeted
 from ._classify import ExceptionSpec
+from ._concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
 from ._exceptions import (
     BulkheadFullError,
     CircuitOpenError,
@@ -63,6 +64,8 @@ from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveConcurrency",
+    "AdaptiveConcurrencyStatistics",
     "AdaptiveThrottle",
     "AdaptiveThrottleStatistics",
     "Attempt",
