@@ -36,6 +36,7 @@ from ._exceptions import (
     RetryError,
     ThrottledError,
 )
+from ._hedge import Hedge, HedgeStatistics
 from ._pipeline import (
     Bulkhead,
     FailAfter,
@@ -89,6 +90,8 @@ __all__ = [
     "FibonacciBackoff",
     "FullJitterBackoff",
     "GuardedNursery",
+    "Hedge",
+    "HedgeStatistics",
     "LinearBackoff",
     "LoadShedError",
     "LoopBudget",
