@@ -273,24 +273,6 @@ def test_statistics_are_frozen() -> None:
         stats.calls = 1  # type: ignore[misc]
 
 
-def test_a_new_run_forgets_latencies() -> None:
-    """The latency estimate of an earlier trio.run never carries over."""
-    hedge = Hedge()
-
-    async def main() -> float | None:
-        for _ in range(40):
-            await hedge.call(trio.sleep, 0.01)
-        return hedge.current_delay()
-
-    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) is not None
-
-    async def fresh() -> float | None:
-        await hedge.call(trio.sleep, 0.01)
-        return hedge.current_delay()
-
-    assert trio.run(fresh, clock=trio.testing.MockClock(autojump_threshold=0)) is None
-
-
 def test_simulated_tail_drops_for_few_extra_attempts() -> None:
     """With 1% of attempts 100x slower, p99.9 drops >= 80% for <= 6% extra attempts."""
     sim = load_sim("sim_hedge")

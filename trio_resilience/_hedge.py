@@ -1,8 +1,11 @@
 """Hedge: when a call is slow, start another attempt; the first success wins.
 
-``Hedge.call`` runs the first attempt in a nursery and waits up to ``delay``; if no
-attempt has finished by then it starts another (up to ``max_hedges`` more), each
-paid from a :class:`RetryBudget` when one is given. The first attempt to succeed
+``Hedge.call`` opens a nursery and runs the first attempt in the caller's task; a
+timer child waits ``delay`` and, if no attempt has finished by then, starts another
+as a child (up to ``max_hedges`` more, one ``delay`` apart), each paid from a
+:class:`RetryBudget` when one is given. When the first attempt finishes in time the
+timer ends at its first step, so the fast path costs what a nursery with one trivial
+task costs. The first attempt to succeed
 wins and the others are cancelled; a failed attempt lets the others go on; when
 every attempt started has failed, the last error is raised. Every attempt is a
 child of a nursery inside ``call``, so no task outlives it.
@@ -25,7 +28,6 @@ from . import _live
 from ._decorate import decorate
 from ._log import get_logger
 from ._retry import RetryBudget
-from ._runs import run_token
 from ._validate import check_int, check_logger, check_optional_number, check_str
 
 P = ParamSpec("P")
@@ -61,24 +63,58 @@ class HedgeStatistics:
 
 
 class _Race:
-    __slots__ = ("done", "error", "running", "value", "waiter", "winner")
+    """The shared state of one hedged call's attempts."""
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "error", "nursery", "running", "timer", "value", "waiter", "winner")
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self.running = 0
-        self.waiter: trio.lowlevel.Task | None = None
+        self.running = 1
+        self.waiter: trio.lowlevel.Task | None = None  # the caller, waiting on others
+        self.timer: trio.lowlevel.Task | None = None  # the timer task, parked
         self.winner = 0
 
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            trio.lowlevel.reschedule(waiter)
+    @property
+    def finished(self) -> bool:
+        return self.done or not self.running
 
-    def abort(self, _: object) -> trio.lowlevel.Abort:
+    def won(self, number: int, value: Any) -> None:
+        self.running -= 1
+        if self.done:
+            return
+        self.done = True
+        self.value = value
+        self.winner = number
+        if self.running:
+            self.nursery.cancel_scope.cancel()  # the losers (the caller's attempt included)
+        else:
+            self._wake_timer()
+
+    def failed(self, exc: BaseException) -> None:
+        self.running -= 1
+        self.error = exc
+        if not self.running and not self.done:
+            self._wake_timer()
+            waiter = self.waiter
+            if waiter is not None:
+                self.waiter = None
+                trio.lowlevel.reschedule(waiter)
+
+    def _wake_timer(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            trio.lowlevel.reschedule(timer)
+
+    def abort_waiter(self, _: object) -> trio.lowlevel.Abort:
         self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def abort_timer(self, _: object) -> trio.lowlevel.Abort:
+        self.timer = None
         return trio.lowlevel.Abort.SUCCEEDED
 
 
@@ -100,7 +136,6 @@ class Hedge:
 
     __slots__ = (
         "__weakref__",
-        "_attempts",
         "_budget_refused",
         "_calls",
         "_count",
@@ -114,7 +149,6 @@ class Hedge:
         "_logger",
         "_refused_since_log",
         "_samples",
-        "_token",
         "budget",
         "delay",
         "max_hedges",
@@ -142,9 +176,7 @@ class Hedge:
         self._count = 0
         self._fresh = 0
         self._estimate: float | None = None
-        self._token: object = None
         self._calls = 0
-        self._attempts = 0
         self._hedges = 0
         self._hedge_wins = 0
         self._budget_refused = 0
@@ -173,12 +205,6 @@ class Hedge:
             return self.delay
         return self._estimate
 
-    def _forget(self) -> None:
-        self._count = 0
-        self._index = 0
-        self._fresh = 0
-        self._estimate = None
-
     # -- the call ---------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
@@ -191,19 +217,15 @@ class Hedge:
         cancelled caller cancels them all. Losing attempts are cancelled as soon as
         one succeeds.
         """
-        token = run_token()
-        if token is not self._token:
-            self._token = token
-            if self.delay is None:
-                self._forget()
         self._calls += 1
-        self._attempts += 1
         budget = self.budget
         if budget is not None:
             budget.deposit()
-        delay = self.delay if self.delay is not None else self._estimate
+        delay = self.delay
+        if delay is None:
+            delay = self._estimate
         start = trio.current_time()
-        if delay is None or self.max_hedges == 0:
+        if delay is None or not self.max_hedges:
             try:
                 result = await fn(*args, **kwargs)
             except Exception:
@@ -211,33 +233,21 @@ class Hedge:
                 raise
             self._record(trio.current_time() - start)
             return result
-        race = _Race()
         async with trio.open_nursery() as nursery:
-            race.running = 1
-            nursery.start_soon(self._attempt, race, 0, fn, args, kwargs)
-            hedges = 0
-            while True:
-                race.waiter = trio.lowlevel.current_task()
-                if hedges < self.max_hedges:
-                    with trio.move_on_after(delay):
-                        await trio.lowlevel.wait_task_rescheduled(race.abort)
-                else:
-                    await trio.lowlevel.wait_task_rescheduled(race.abort)
-                if race.done or race.running == 0:
-                    break
-                if hedges >= self.max_hedges:
-                    continue  # unreachable: only a finished attempt wakes us
-                if budget is not None and not budget.try_withdraw():
-                    self._refuse()
-                    hedges = self.max_hedges  # no more extra attempts for this call
-                    continue
-                hedges += 1
-                self._hedges += 1
-                self._attempts += 1
-                race.running += 1
-                nursery.start_soon(self._attempt, race, hedges, fn, args, kwargs)
-            if race.running:
-                nursery.cancel_scope.cancel()
+            race = _Race(nursery)
+            # The first attempt runs right here; a timer child starts the hedges.
+            nursery.start_soon(self._timer, race, start, delay, fn, args, kwargs)
+            try:
+                value = await fn(*args, **kwargs)
+            except Exception as exc:
+                race.failed(exc)
+                if not race.finished:
+                    # Others are running: wait for a winner (it cancels us) or for
+                    # all of them to fail (they wake us).
+                    race.waiter = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(race.abort_waiter)
+            else:
+                race.won(0, value)
         if race.done:
             if race.winner:
                 self._hedge_wins += 1
@@ -251,6 +261,32 @@ class Hedge:
         finally:
             del error, race
 
+    async def _timer(
+        self,
+        race: _Race,
+        start: float,
+        delay: float,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Start an extra attempt each ``delay`` until one finishes or none are left."""
+        hedges = 0
+        budget = self.budget
+        while not race.finished and hedges < self.max_hedges:
+            race.timer = trio.lowlevel.current_task()
+            with trio.CancelScope(deadline=start + (hedges + 1) * delay):
+                await trio.lowlevel.wait_task_rescheduled(race.abort_timer)
+            if race.finished:
+                return
+            if budget is not None and not budget.try_withdraw():
+                self._refuse()
+                return
+            hedges += 1
+            self._hedges += 1
+            race.running += 1
+            race.nursery.start_soon(self._attempt, race, hedges, fn, args, kwargs)
+
     async def _attempt(
         self,
         race: _Race,
@@ -262,17 +298,9 @@ class Hedge:
         try:
             value = await fn(*args, **kwargs)
         except Exception as exc:
-            race.running -= 1
-            race.error = exc
-            if race.running == 0 and not race.done:
-                race.wake()
+            race.failed(exc)
             return
-        race.running -= 1
-        if not race.done:
-            race.done = True
-            race.value = value
-            race.winner = number
-            race.wake()
+        race.won(number, value)
 
     def _refuse(self) -> None:
         self._budget_refused += 1
@@ -292,7 +320,7 @@ class Hedge:
         """Return a frozen snapshot."""
         return HedgeStatistics(
             calls=self._calls,
-            attempts=self._attempts,
+            attempts=self._calls + self._hedges,
             hedges=self._hedges,
             hedge_wins=self._hedge_wins,
             budget_refused=self._budget_refused,

@@ -296,15 +296,23 @@ class RateLimiter:
         in the queue leaves no reservation: the cost it would have taken stays free,
         and it wakes the next waiter only if it was at the head.
         """
-        cost = self._check_cost(cost)
+        if type(cost) is not int or not 0 < cost <= self.burst:
+            cost = self._check_cost(cost)
         await trio.lowlevel.checkpoint_if_cancelled()
-        now = self._now()
+        now = trio.current_time()
+        if run_token() is not self._token:
+            self._now()
         if self._remote is None and not self._queue:
-            wait = self._delay(cost, now)
-            if wait <= _EPSILON:
-                self._admit(cost, now)
+            tat = self._tat if self._tat > now else now
+            new_tat = tat + cost * self._emission
+            if new_tat - self._tau - now <= _EPSILON:
+                # Admitted at once: the hot path.
+                self._tat = new_tat
+                self._admitted += 1
+                self._admitted_cost += cost
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            wait = new_tat - self._tau - now
         else:
             wait = self._delay(cost, now) if self._remote is None else 0.0
         if wait > _EPSILON and self._too_long(wait, now):
