@@ -10,7 +10,8 @@ The baseline (no-load) latency is the lowest recent window mean. A standing queu
 would hide the true baseline forever (this is how Netflix's Gradient2 drifts
 upward under a modest overload), so every ``15 s`` the limiter probes: it halves
 the limit for two windows, lets the queue drain in the first and takes the second
-window's mean as the new baseline. A probe costs about 2% of the throughput and lets
+window's mean as the new baseline; the window after it, while the queue refills, is
+not used. A probe costs about 2% of the throughput and lets
 the baseline follow a service that really became slower.
 """
 
@@ -291,9 +292,11 @@ class AdaptiveConcurrency:
             self._probe_stage = 2
         elif stage == 2:  # the probe's measurement is the new baseline
             self._baseline = short
-            self._probe_stage = 0
+            self._probe_stage = 3
             self._next_probe = now + _PROBE_INTERVAL
             self._apply(self._estimate, now)
+        elif stage == 3:  # the queue refills: its low latency says nothing, skip it
+            self._probe_stage = 0
         else:
             baseline = self._baseline
             if baseline is None or short < baseline:
@@ -322,7 +325,7 @@ class AdaptiveConcurrency:
         if limit != limiter.total_tokens:
             limiter.total_tokens = limit
         if (
-            self._probe_stage == 0
+            self._probe_stage in (0, 3)
             and limit != self._logged_limit
             and (now - self._last_log >= _LOG_INTERVAL)
         ):

@@ -15,8 +15,9 @@ import math
 #: Netflix ships 1.5, which under a 1.25x overload lets the limit sit at 1.5-2.5x the
 #: capacity (concurrency-limits #134); below 1.25 a standing queue is always seen.
 GRADIENT_TOLERANCE = 1.1
-#: Gradient2's growth per window while no queue is seen (Netflix's queueSize).
-GRADIENT_QUEUE = 4.0
+#: Gradient2's allowance for queueing, as a share of the limit (Netflix's queueSize,
+#: a fixed 4 there, which at small limits lets latency settle far above tolerance).
+GRADIENT_QUEUE_SHARE = 0.1
 #: Gradient2's smoothing of decreases (Netflix's 0.2).
 GRADIENT_SMOOTHING = 0.2
 #: AIMD backs off when latency exceeds the baseline by more than this share.
@@ -42,19 +43,21 @@ def gradient2(limit: float, short: float, baseline: float, inflight: int, droppe
     """Netflix's Gradient2 with the overload growth fixed.
 
     ``gradient = clamp(tolerance * baseline / short, 0.5, 1)``. No queue seen
-    (gradient 1): grow by ``GRADIENT_QUEUE`` at once (no smoothing on the way up, so
-    it converges in seconds). A queue seen: move a fifth of the way to
-    ``limit * gradient + queue``. Unlike Netflix's, the baseline is the best recent
-    window (re-measured by a probe, see ``AdaptiveConcurrency``), not an average
-    that drifts up with the queue it should detect, and the tolerance is 1.1.
+    (gradient 1): grow by ``sqrt(limit)`` at once (no smoothing on the way up, so it
+    converges in seconds). A queue seen: move a fifth of the way to
+    ``limit * gradient + queue`` with ``queue = max(1, limit / 10)``, so latency
+    settles near ``1.1 / 0.9`` of the baseline at any limit. Unlike Netflix's, the
+    baseline is the best recent window (re-measured by a probe, see
+    ``AdaptiveConcurrency``), not an average that drifts up with the queue it should
+    detect, and the tolerance is 1.1.
     """
     if inflight * 2 < limit:
         return limit
     gradient = GRADIENT_TOLERANCE * baseline / short
     if gradient >= 1.0:
-        return limit + GRADIENT_QUEUE
+        return limit + max(1.0, math.sqrt(limit))
     gradient = max(0.5, gradient)
-    target = limit * gradient + GRADIENT_QUEUE
+    target = limit * gradient + max(1.0, limit * GRADIENT_QUEUE_SHARE)
     return limit * (1 - GRADIENT_SMOOTHING) + target * GRADIENT_SMOOTHING
 
 
