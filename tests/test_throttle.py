@@ -60,7 +60,8 @@ class NeverReject(random.Random):
     [
         ({"k": 0.5}, ValueError, r"^k must be >= 1, got 0.5$"),
         ({"k": math.inf}, ValueError, r"^k must be finite, got inf$"),
-        ({"window": 0}, ValueError, r"^window must be > 0, got 0$"),
+        ({"window": 0}, ValueError, r"^window must be >= 1e-06, got 0$"),
+        ({"window": 5e-324}, ValueError, r"^window must be >= 1e-06, got 5e-324$"),
         ({"max_reject": 1.5}, ValueError, r"^max_reject must be <= 1, got 1.5$"),
         ({"max_reject": True}, TypeError, r"^max_reject must be a number, got True$"),
         ({"rng": 3}, TypeError, r"^rng must be a random.Random or None, got 3$"),

@@ -19,11 +19,12 @@ would end past ``max_wait`` or the caller's deadline fails fast with
 :meth:`RateLimiter.attach_remote` installs an async ``decide(cost)`` hook that makes
 the admission decision elsewhere (GCRA in Lua on the Redis server's clock). The
 hook returns ``0.0`` (or any number ``<= 0``) when the cost was admitted, or a
-positive finite number of seconds after which to ask again. It is bounded by
-``timeout``; when it raises, times out or answers anything else (None, NaN, inf,
-a bool, a str ...), that acquisition falls back to the local GCRA at the full local
-rate. Admissions the remote grants are also recorded in the local ``tat`` (capped
-at a full bucket), so the fallback continues smoothly.
+positive number of seconds after which to ask again (at most ``cost * period /
+rate``, the longest a conforming GCRA with these parameters can ask for). It is
+bounded by ``timeout``; when it raises, times out or answers anything else (None,
+NaN, inf, a longer wait, a bool, a str ...), that acquisition falls back to the
+local GCRA at the full local rate. Admissions the remote grants are also recorded
+in the local ``tat`` (capped at a full bucket), so the fallback continues smoothly.
 """
 
 from __future__ import annotations
@@ -192,9 +193,10 @@ class RateLimiter:
         """Let ``await decide(cost)`` make the admission decisions (e.g. GCRA on Redis).
 
         ``decide`` returns a number ``<= 0`` when the cost was admitted remotely, or a
-        positive finite number of seconds after which the head of the queue asks
-        again. Each call is bounded by ``timeout`` seconds; an exception, a time-out
-        or any other answer makes that acquisition fall back to the local GCRA.
+        positive number of seconds (at most ``cost * period / rate``) after which
+        the head of the queue asks again. Each call is bounded by ``timeout``
+        seconds; an exception, a time-out or any other answer makes that
+        acquisition fall back to the local GCRA.
         Replaces an earlier hook.
 
         Raises:
@@ -397,6 +399,7 @@ class RateLimiter:
             and isinstance(answer, int | float)
             and not isinstance(answer, bool)
             and math.isfinite(answer)
+            and answer <= cost * self._emission * (1 + 1e-6) + 1e-3
         ):
             if self._remote_down:
                 self._remote_down = False

@@ -120,7 +120,7 @@ class AdaptiveThrottle:
         logger: Any = None,
     ) -> None:
         self.k = check_number("k", k, ge=1)
-        self.window = check_number("window", window, gt=0)
+        self.window = check_number("window", window, ge=1e-6)
         self.max_reject = check_number("max_reject", max_reject, ge=0, le=1)
         self.failure_on = failure_on
         self._matcher = Matcher("failure_on", failure_on)
