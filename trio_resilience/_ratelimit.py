@@ -55,6 +55,10 @@ RATE_LIMITER_REMOTE_RECOVERED = "trio_resilience.rate_limiter.remote_recovered"
 RemoteDecide = Callable[[float], Awaitable[object]]
 
 _EPSILON = 1e-9  # float slack in the conformance test (seconds)
+# Looked up once: acquire() under the limit is a hot path.
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_current_time = trio.current_time
 _LOG_INTERVAL = 1.0  # seconds between two rate-limited "exceeded" events
 
 
@@ -300,19 +304,21 @@ class RateLimiter:
         """
         if type(cost) is not int or not 0 < cost <= self.burst:
             cost = self._check_cost(cost)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        now = trio.current_time()
+        await _checkpoint_if_cancelled()
+        now = _current_time()
         if run_token() is not self._token:
             self._now()
         if self._remote is None and not self._queue:
-            tat = self._tat if self._tat > now else now
+            tat = self._tat
+            if tat < now:
+                tat = now
             new_tat = tat + cost * self._emission
             if new_tat - self._tau - now <= _EPSILON:
                 # Admitted at once: the hot path.
                 self._tat = new_tat
                 self._admitted += 1
                 self._admitted_cost += cost
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await _cancel_shielded_checkpoint()
                 return
             wait = new_tat - self._tau - now
         else:
