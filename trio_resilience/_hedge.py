@@ -40,6 +40,9 @@ _MIN_SAMPLES = 20
 _REFRESH = 20
 _QUANTILE = 0.95
 _LOG_INTERVAL = 1.0
+# Task names given up front: Trio would otherwise derive one per spawn.
+_TIMER_NAME = "trio_resilience.Hedge timer"
+_ATTEMPT_NAME = "trio_resilience.Hedge attempt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +239,7 @@ class Hedge:
         async with trio.open_nursery() as nursery:
             race = _Race(nursery)
             # The first attempt runs right here; a timer child starts the hedges.
-            nursery.start_soon(self._timer, race, start, delay, fn, args, kwargs)
+            nursery.start_soon(self._timer, race, start, delay, fn, args, kwargs, name=_TIMER_NAME)
             try:
                 value = await fn(*args, **kwargs)
             except Exception as exc:
@@ -273,7 +276,7 @@ class Hedge:
         """Start an extra attempt each ``delay`` until one finishes or none are left."""
         hedges = 0
         budget = self.budget
-        while not race.finished and hedges < self.max_hedges:
+        while not (race.done or not race.running) and hedges < self.max_hedges:
             race.timer = trio.lowlevel.current_task()
             with trio.CancelScope(deadline=start + (hedges + 1) * delay):
                 await trio.lowlevel.wait_task_rescheduled(race.abort_timer)
@@ -285,7 +288,9 @@ class Hedge:
             hedges += 1
             self._hedges += 1
             race.running += 1
-            race.nursery.start_soon(self._attempt, race, hedges, fn, args, kwargs)
+            race.nursery.start_soon(
+                self._attempt, race, hedges, fn, args, kwargs, name=_ATTEMPT_NAME
+            )
 
     async def _attempt(
         self,
