@@ -507,3 +507,23 @@ async def test_remote_cancellation_storm_leaks_nothing(autojump_clock: Any) -> N
     assert stats.waiting == 0 and stats.queued_cost == 0
     assert stats.admitted + stats.cancelled == 10_000
     assert stats.wakeups <= stats.admitted + stats.cancelled
+
+
+async def test_remote_error_with_a_broken_repr_is_survived(
+    autojump_clock: Any, logs: list[dict[str, Any]]
+) -> None:
+    """A hook's exception whose repr raises still falls back, and is logged by type."""
+
+    class Nasty(Exception):
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    limiter = RateLimiter(10)
+
+    async def decide(cost: float) -> float:
+        raise Nasty
+
+    limiter.attach_remote(decide)
+    await limiter.acquire()
+    assert limiter.statistics().remote_fallbacks == 1
+    assert [e["error"] for e in logs if "remote_failed" in e["event"]] == ["<Nasty>"]

@@ -46,7 +46,8 @@ from ._pipeline import (
     Policy,
     open_guarded_nursery,
 )
-from ._ratelimit import RateLimiter, RateLimiterStatistics
+from ._ratelimit import RateLimiter
+from ._ratelimit_parts import RateLimiterStatistics
 from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,

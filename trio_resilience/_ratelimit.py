@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import trio
@@ -41,6 +40,13 @@ from . import _live
 from ._decorate import decorate
 from ._exceptions import RateLimitExceeded
 from ._log import get_logger
+from ._ratelimit_parts import (
+    RATE_LIMITER_REMOTE_FAILED,
+    RATE_LIMITER_REMOTE_RECOVERED,
+    RateLimiterStatistics,
+    RemoteDecide,
+    consult,
+)
 from ._runs import run_token
 from ._validate import check_logger, check_number, check_optional_number, check_str
 
@@ -48,11 +54,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 RATE_LIMITER_EXCEEDED = "trio_resilience.rate_limiter.exceeded"
-RATE_LIMITER_REMOTE_FAILED = "trio_resilience.rate_limiter.remote_failed"
-RATE_LIMITER_REMOTE_RECOVERED = "trio_resilience.rate_limiter.remote_recovered"
 
-#: An async hook that decides an admission remotely: ``await decide(cost)``.
-RemoteDecide = Callable[[float], Awaitable[object]]
 
 _EPSILON = 1e-9  # float slack in the conformance test (seconds)
 # Looked up once: acquire() under the limit is a hot path.
@@ -60,36 +62,6 @@ _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 _current_time = trio.current_time
 _LOG_INTERVAL = 1.0  # seconds between two rate-limited "exceeded" events
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimiterStatistics:
-    """A snapshot of a :class:`RateLimiter`."""
-
-    admitted: int
-    """Acquisitions admitted over the limiter's life."""
-    admitted_cost: float
-    """Their total cost."""
-    rejected: int
-    """``RateLimitExceeded`` raised (the wait would pass ``max_wait`` or the deadline)."""
-    would_block: int
-    """``acquire_nowait`` calls refused with ``trio.WouldBlock``."""
-    cancelled: int
-    """Waiters cancelled while queued (they left no reservation)."""
-    waiting: int
-    """Tasks queued now."""
-    queued_cost: float
-    """Their total cost."""
-    available: float
-    """Cost that would be admitted at once now (0 to ``burst``), ignoring the queue."""
-    wakeups: int
-    """Queued tasks woken to take the head of the queue (<= admitted + cancelled)."""
-    remote_attached: bool
-    """Whether a remote decision hook is installed."""
-    remote_decisions: int
-    """Admissions decided by the remote hook."""
-    remote_fallbacks: int
-    """Decisions made locally because the hook failed, timed out or answered garbage."""
 
 
 class _Waiter:
@@ -392,34 +364,15 @@ class RateLimiter:
 
     async def _ask_remote(self, remote: RemoteDecide, cost: float) -> float | None:
         """The remote verdict (seconds to wait, <= 0 admitted) or None to decide locally."""
-        answer: object = None
-        failure: BaseException | None = None
-        with trio.move_on_after(self._remote_timeout) as scope:
-            try:
-                answer = await remote(cost)
-            except Exception as exc:
-                failure = exc
-        if (
-            failure is None
-            and not scope.cancelled_caught
-            and isinstance(answer, int | float)
-            and not isinstance(answer, bool)
-            and math.isfinite(answer)
-            and answer <= cost * self._emission * (1 + 1e-6) + 1e-3
-        ):
+        verdict, error = await consult(remote, cost, self._remote_timeout, cost * self._emission)
+        if verdict is not None:
             if self._remote_down:
                 self._remote_down = False
                 self._logger.info(RATE_LIMITER_REMOTE_RECOVERED, rate_limiter=self.name)
-            return float(answer)
+            return verdict
         self._remote_fallbacks += 1
         if not self._remote_down:
             self._remote_down = True
-            if failure is not None:
-                error = repr(failure)
-            elif scope.cancelled_caught:
-                error = "timeout"
-            else:
-                error = f"malformed answer {_short_repr(answer)}"
             self._logger.warning(RATE_LIMITER_REMOTE_FAILED, rate_limiter=self.name, error=error)
         return None
 
@@ -474,11 +427,3 @@ class RateLimiter:
             f"<RateLimiter {self.name!r} {self.rate:g}/{self.period:g}s burst={self.burst:g} "
             f"{len(self._queue)} waiting>"
         )
-
-
-def _short_repr(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text[:200]
