@@ -274,3 +274,24 @@ def test_simulated_server_limit_reaches_capacity(name: str) -> None:
     assert result.in_band_after_10s == 1.0
     if name == "gradient2":
         assert result.max_ratio <= 1.5
+
+
+async def test_a_raising_predicate_counts_a_failure(
+    autojump_clock: Any, logs: list[dict[str, Any]]
+) -> None:
+    """A failure_on predicate that raises: the slot is freed, the caller gets its error."""
+
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("bad predicate")
+
+    policy = AdaptiveConcurrency(failure_on=broken, name="p")
+
+    async def fail() -> None:
+        raise Boom
+
+    with pytest.raises(Boom):
+        await policy.call(fail)
+    stats = policy.statistics()
+    assert (stats.in_flight, stats.total_failures) == (0, 1)
+    (event,) = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
+    assert event["concurrency"] == "p"

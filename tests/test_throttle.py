@@ -277,3 +277,20 @@ def test_simulated_overload_settles_at_twice_the_accepts(overload: float) -> Non
     else:
         # The formula's own dynamics: about W * ln(0.95 * 10 - 1) / k = 1.07 windows.
         assert result.recovery_time <= 1.5 * result.window
+
+
+async def test_a_raising_predicate_counts_a_failure(
+    autojump_clock: Any, logs: list[dict[str, Any]]
+) -> None:
+    """A failure_on predicate that raises: the caller still gets its own error."""
+
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("bad predicate")
+
+    throttle = AdaptiveThrottle(failure_on=broken, name="p")
+    with pytest.raises(Boom):
+        await throttle.call(fail)
+    stats = throttle.statistics()
+    assert (stats.requests, stats.accepts, stats.total_failures) == (1, 0, 1)
+    (event,) = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
+    assert (event["throttle"], event["error"]) == ("p", "ValueError('bad predicate')")

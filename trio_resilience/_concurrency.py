@@ -30,6 +30,7 @@ from ._concurrency_algorithms import ALGORITHMS
 from ._decorate import decorate
 from ._exceptions import BulkheadFullError
 from ._log import get_logger
+from ._ratelimit_parts import short_repr
 from ._runs import run_token
 from ._validate import check_int, check_logger, check_optional_number, check_str
 
@@ -44,6 +45,7 @@ _MAX_WINDOW = 1.0
 _PROBE_INTERVAL = 15.0
 _LOG_INTERVAL = 1.0
 _NOTHING = Matcher("ignore_on", ())
+CLASSIFY_FAILED = "trio_resilience.classify_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +221,16 @@ class AdaptiveConcurrency:
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                verdict = classify(exc, self._matcher, _NOTHING)
+                try:
+                    verdict = classify(exc, self._matcher, _NOTHING)
+                except Exception as broken:  # a failure_on predicate raised
+                    verdict = FAILURE
+                    self._logger.error(
+                        CLASSIFY_FAILED,
+                        concurrency=self.name,
+                        error=short_repr(broken),
+                        exc_info=broken,
+                    )
                 if verdict != CANCELLED:
                     self._sample(start, verdict == FAILURE)
                 raise

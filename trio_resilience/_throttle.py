@@ -30,6 +30,7 @@ from ._classify import CANCELLED, FAILURE, Matcher, classify
 from ._decorate import decorate
 from ._exceptions import ThrottledError
 from ._log import get_logger
+from ._ratelimit_parts import short_repr
 from ._ring import TimeRing
 from ._runs import run_token
 from ._validate import check_logger, check_number, check_str
@@ -44,6 +45,7 @@ _BUCKETS = 10
 _REQUESTS = 0
 _ACCEPTS = 1
 _NOTHING = Matcher("ignore_on", ())
+CLASSIFY_FAILED = "trio_resilience.classify_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +189,13 @@ class AdaptiveThrottle:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            verdict = classify(exc, self._matcher, _NOTHING)
+            try:
+                verdict = classify(exc, self._matcher, _NOTHING)
+            except Exception as broken:  # a failure_on predicate raised
+                verdict = FAILURE
+                self._logger.error(
+                    CLASSIFY_FAILED, throttle=self.name, error=short_repr(broken), exc_info=broken
+                )
             if verdict != CANCELLED:  # cancellation counts as nothing
                 offset = self._offset()
                 ring.add(offset, _REQUESTS, 1)
