@@ -120,6 +120,15 @@ async def test_failed_attempt_lets_the_others_go_on(autojump_clock: Any) -> None
     assert trio.current_time() == 3.0
 
 
+async def test_hedge_wins_after_the_first_attempt_failed(autojump_clock: Any) -> None:
+    """The first attempt fails while a hedge runs: the hedge's success is returned."""
+    service = Service([1.5, 1.0], errors={0: Boom("first")})
+    hedge = Hedge(delay=1.0)
+    assert await hedge.call(service) == 1
+    assert trio.current_time() == 2.0
+    assert hedge.statistics().hedge_wins == 1
+
+
 async def test_all_failed_raises_the_last_error(autojump_clock: Any) -> None:
     """When every attempt fails, the last error is raised (unwrapped)."""
     first, last = Boom("first"), Boom("last")

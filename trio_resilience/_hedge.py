@@ -95,16 +95,20 @@ class _Race:
             self.nursery.cancel_scope.cancel()  # the losers (the caller's attempt included)
         else:
             self._wake_timer()
+            self._wake_waiter()  # the caller's own attempt failed earlier
 
     def failed(self, exc: BaseException) -> None:
         self.running -= 1
         self.error = exc
         if not self.running and not self.done:
             self._wake_timer()
-            waiter = self.waiter
-            if waiter is not None:
-                self.waiter = None
-                trio.lowlevel.reschedule(waiter)
+            self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(waiter)
 
     def _wake_timer(self) -> None:
         timer = self.timer
