@@ -300,3 +300,47 @@ def test_simulated_brownout_is_held_by_the_budget() -> None:
     )
     assert free.brownout_extra > 0.5  # without a budget nearly every call hedges
     assert held.brownout_extra <= 0.15
+
+
+def reference(latencies: list[float], fails: list[bool], delay: float, hedges: int) -> Any:
+    """When and how a hedged call ends: ("ok", attempt, time) or ("error", attempt, time)."""
+    finish: dict[int, float] = {0: latencies[0]}
+    failed: set[int] = set()
+    while True:
+        next_start = len(finish) * delay if len(finish) <= hedges else float("inf")
+        pending = {i: t for i, t in finish.items() if i not in failed}
+        first = min(pending, key=pending.__getitem__)
+        if pending[first] < next_start:
+            if not fails[first]:
+                return ("ok", first, pending[first])
+            failed.add(first)
+            if len(failed) == len(finish):
+                return ("error", first, pending[first])
+        else:
+            finish[len(finish)] = next_start + latencies[len(finish)]
+
+
+def test_hedge_matches_a_reference_model() -> None:
+    """Random latencies, failures, delays and hedge counts end as the model says."""
+    rng = random.Random(11)
+    for _ in range(300):
+        hedges = rng.randint(0, 3)
+        delay = rng.uniform(0.1, 2.0)
+        latencies = [rng.uniform(0.01, 5.0) for _ in range(hedges + 1)]
+        fails = [rng.random() < 0.4 for _ in range(hedges + 1)]
+        errors = {i: Boom(i) for i in range(hedges + 1) if fails[i]}
+        service = Service(latencies, errors)
+        hedge = Hedge(delay=delay, max_hedges=hedges)
+
+        async def main(hedge: Hedge = hedge, service: Service = service) -> Any:
+            try:
+                value = await hedge.call(service)
+            except Boom as exc:
+                return ("error", exc.args[0], trio.current_time())
+            return ("ok", value, trio.current_time())
+
+        got = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        want = reference(latencies, fails, delay, hedges)
+        assert got[:2] == want[:2], (latencies, fails, delay, hedges)
+        assert got[2] == pytest.approx(want[2])
+        assert service.started == service.finished + service.cancelled
