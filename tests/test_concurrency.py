@@ -295,3 +295,62 @@ async def test_a_raising_predicate_counts_a_failure(
     assert (stats.in_flight, stats.total_failures) == (0, 1)
     (event,) = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
     assert event["concurrency"] == "p"
+
+
+async def test_probes_let_the_baseline_follow_a_slower_service(autojump_clock: Any) -> None:
+    """Every 15 s a probe halves the limit briefly and re-measures the baseline."""
+    policy = AdaptiveConcurrency(algorithm="gradient2", initial_limit=10, max_wait=0)
+    server = trio.CapacityLimiter(20)
+    service = 0.05
+    lowest = policy.limit
+
+    async def request() -> None:
+        async with server:
+            await trio.sleep(service)
+
+    async def client() -> None:
+        while trio.current_time() < 60:
+            try:
+                await policy.call(request)
+            except BulkheadFullError:
+                await trio.sleep(0.02)
+
+    async def watch() -> None:
+        nonlocal lowest, service
+        while trio.current_time() < 60:
+            await trio.sleep(0.05)
+            if trio.current_time() >= 20:
+                service = 0.15  # the service really became slower
+            if trio.current_time() >= 10:
+                lowest = min(lowest, policy.limit)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        for _ in range(40):
+            nursery.start_soon(client)
+    stats = policy.statistics()
+    assert stats.probes >= 3
+    assert stats.baseline_latency is not None
+    assert 0.12 <= stats.baseline_latency <= 0.2  # followed the slower service
+    assert 12 <= stats.limit <= 30  # neither collapsed nor run away (capacity 20)
+    assert lowest <= stats.limit / 2 + 1  # a probe halved it
+
+
+async def test_limit_stays_within_min_and_max(autojump_clock: Any) -> None:
+    """The limit never leaves [min_limit, max_limit], whatever the algorithm says."""
+    policy = AdaptiveConcurrency(algorithm="aimd", initial_limit=5, min_limit=4, max_limit=6)
+
+    async def loop(latency: float) -> None:
+        end = trio.current_time() + 3
+        while trio.current_time() < end:
+            await policy.call(trio.sleep, latency)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(loop, 0.01)
+    assert policy.limit == 6
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(loop, 0.5)  # latency far past the band: back off
+    assert policy.limit == 4
+    assert 4 <= policy.statistics().estimated_limit <= 6
