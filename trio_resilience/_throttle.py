@@ -197,7 +197,7 @@ class AdaptiveThrottle:
                     CLASSIFY_FAILED, throttle=self.name, error=short_repr(broken), exc_info=broken
                 )
             if verdict != CANCELLED:  # cancellation counts as nothing
-                offset = self._offset()
+                offset = ring.advance(trio.current_time())
                 ring.add(offset, _REQUESTS, 1)
                 if verdict == FAILURE:
                     self._total_failures += 1
@@ -205,7 +205,7 @@ class AdaptiveThrottle:
                     ring.add(offset, _ACCEPTS, 1)
                     self._total_accepts += 1
             raise
-        offset = self._offset()
+        offset = ring.advance(trio.current_time())
         ring.add(offset, _REQUESTS, 1)
         ring.add(offset, _ACCEPTS, 1)
         self._total_accepts += 1
