@@ -44,7 +44,8 @@ from ._pipeline import (
     Policy,
     open_guarded_nursery,
 )
-from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
+from ._retry import Attempt, Retry
+from ._retry_budget import RetryBudget, RetryBudgetDelta, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,
     DropNewest,
@@ -94,6 +95,7 @@ __all__ = [
     "ResilienceError",
     "Retry",
     "RetryBudget",
+    "RetryBudgetDelta",
     "RetryBudgetStatistics",
     "RetryError",
     "ShedChannelStatistics",
