@@ -44,6 +44,7 @@ from ._pipeline import (
     Policy,
     open_guarded_nursery,
 )
+from ._ratelimit import RateLimiter, RateLimiterStatistics
 from ._retry import Attempt, Retry
 from ._retry_budget import RetryBudget, RetryBudgetDelta, RetryBudgetStatistics
 from ._shedding import (
@@ -92,6 +93,8 @@ __all__ = [
     "Policy",
     "ProbabilisticShedding",
     "RateLimitExceeded",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "ResilienceError",
     "Retry",
     "RetryBudget",
