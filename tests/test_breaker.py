@@ -974,7 +974,7 @@ async def test_cluster_permits_gate_half_open_probes(
 
     b = CircuitBreaker(half_open_max_calls=2, success_threshold=5)
     cluster = FakeCluster(permits=1)
-    b._cluster = cluster
+    b.sharing.set_permit_source(cluster)
     set_breaker_state(b, "half_open")
     release = trio.Event()
 
@@ -1005,7 +1005,7 @@ async def test_cluster_without_answer_falls_back_to_the_local_limiter() -> None:
 
     b = CircuitBreaker(half_open_max_calls=1, success_threshold=1)
     cluster = FakeCluster(permits=0, answer=None)
-    b._cluster = cluster
+    b.sharing.set_permit_source(cluster)
     set_breaker_state(b, "half_open")
     await b.call(trio.sleep, 0)
     assert b.state is CircuitState.CLOSED
@@ -1021,7 +1021,7 @@ async def test_cancelled_cluster_wait_gives_back_the_local_permit() -> None:
             await trio.sleep_forever()
 
     b = CircuitBreaker(half_open_max_calls=1)
-    b._cluster = Hanging(permits=1)
+    b.sharing.set_permit_source(Hanging(permits=1))
     set_breaker_state(b, "half_open")
     with trio.move_on_after(0.01):
         await b.call(trio.sleep, 0)
@@ -1037,7 +1037,7 @@ async def test_failed_probe_releases_its_lease(autojump_clock: trio.testing.Mock
 
     b = CircuitBreaker(half_open_max_calls=1)
     cluster = FakeCluster(permits=1)
-    b._cluster = cluster
+    b.sharing.set_permit_source(cluster)
     set_breaker_state(b, "half_open")
     await fail_times(b, 1)
     assert cluster.released == ["lease-0"]
@@ -1047,46 +1047,63 @@ async def test_failed_probe_releases_its_lease(autojump_clock: trio.testing.Mock
 async def test_remote_open_and_close(autojump_clock: trio.testing.MockClock) -> None:
     """Remote trips open until the shared deadline (only ever extending it); remote
     closes close an open or half-open breaker; neither touches forced or disabled."""
+    from trio_resilience.testing import set_breaker_state
+
     changes: list[StateChange] = []
     b = CircuitBreaker(recovery_timeout=30.0, on_state_change=changes.append)
-    b._remote_open(20.0, trio.current_time())
+    port = b.sharing
+    assert port.open_until(20.0) is True
     assert b.state is CircuitState.OPEN
     assert b.retry_after == 20.0
-    b._remote_open(10.0, 0.0)  # an earlier deadline never shortens the open period
+    assert port.open_deadline == 20.0
+    assert port.open_until(10.0) is False  # an earlier deadline never shortens it
     assert b.retry_after == 20.0
-    b._remote_open(25.0, 0.0)
+    assert port.open_until(25.0) is True
     assert b.retry_after == 25.0
     assert b.statistics().times_opened == 1
-    b._remote_close(0.0)
+    assert port.close_remote() is True
     assert b.state is CircuitState.CLOSED
-    b._remote_close(0.0)  # closed already: nothing happens
+    assert port.open_deadline is None
+    assert port.close_remote() is False  # closed already: nothing happens
     assert [(c.new_state, c.reason) for c in changes] == [
         ("open", "remote_trip"),
         ("closed", "remote_close"),
     ]
     b.force_open()
-    b._remote_open(50.0, 0.0)
-    b._remote_close(0.0)
+    assert port.open_until(50.0) is False
+    assert port.close_remote() is False
     assert b.state is CircuitState.FORCED_OPEN
     b.reset()
-    from trio_resilience.testing import set_breaker_state
-
     set_breaker_state(b, "half_open")
-    b._remote_open(40.0, 0.0)
+    assert port.open_until(40.0, reason="peer_trip") is True
     assert b.state is CircuitState.OPEN
+    assert changes[-1].reason == "peer_trip"
     set_breaker_state(b, "half_open")
-    b._remote_close(0.0)
+    assert port.close_remote("peer_close") is True
     assert b.state is CircuitState.CLOSED
 
 
-async def test_observers_see_every_transition() -> None:
-    """Internal observers (used by the Redis layer) are called with breaker, states, reason."""
+async def test_listeners_see_every_transition() -> None:
+    """Port listeners get a StateChange for each transition, after on_state_change."""
     seen: list[tuple[str, str, str]] = []
-    b = CircuitBreaker("obs", failure_threshold=1)
-    b._observers.append(lambda br, old, new, reason: seen.append((old, new, reason)))
+    order: list[str] = []
+    b = CircuitBreaker(
+        "obs", failure_threshold=1, on_state_change=lambda change: order.append("callback")
+    )
+
+    def listener(change: StateChange) -> None:
+        order.append("listener")
+        seen.append((change.old_state, change.new_state, change.reason))
+
+    b.sharing.add_listener(listener)
     await fail_times(b, 1)
     b.reset()
     assert seen == [("closed", "open", "failure_threshold"), ("open", "closed", "reset")]
+    assert order == ["callback", "listener"] * 2
+    b.sharing.remove_listener(listener)
+    b.sharing.remove_listener(listener)  # not a listener any more: nothing happens
+    b.force_open()
+    assert len(seen) == 2
 
 
 def test_repr_in_half_open_and_rate_only(autojump_clock: trio.testing.MockClock) -> None:
@@ -1163,3 +1180,191 @@ async def test_count_window_calls_expire_per_bucket(autojump_clock: trio.testing
     await trio.sleep(4)  # t = 14
     stats = b.statistics()
     assert (stats.calls_in_window, stats.failures_in_window) == (0, 0)
+
+
+# ------------------------------------------------------------------ the sharing port
+
+
+def test_sharing_port_reads_the_configuration_sharers_validate_against() -> None:
+    """The port exposes window, thresholds, probes and the longest open period."""
+    from trio_resilience import ConstantBackoff
+
+    b = CircuitBreaker(
+        failure_threshold=4,
+        failure_window=12.0,
+        failure_rate_threshold=0.5,
+        minimum_calls=7,
+        half_open_max_calls=2,
+        recovery_timeout=9.0,
+    )
+    port = b.sharing
+    assert (port.failure_window, port.failure_threshold, port.half_open_max_calls) == (12.0, 4, 2)
+    assert (port.failure_rate_threshold, port.minimum_calls) == (0.5, 7)
+    assert port.longest_open_period == 9.0
+    assert port.state is CircuitState.CLOSED
+    assert port.owner is None and port.permit_source is None
+    grows = CircuitBreaker(recovery_timeout=ExponentialBackoff(base=1.0, max_delay=120.0))
+    assert grows.sharing.longest_open_period == 120.0
+    constant = CircuitBreaker(recovery_timeout=ConstantBackoff(10.0, jitter_factor=0.5))
+    assert constant.sharing.longest_open_period == 15.0
+    assert repr(port) == "<BreakerSharing of <CircuitBreaker 'default' closed 0/4 failures>>"
+
+
+async def test_remote_deadline_is_capped_at_the_longest_open_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A remote deadline never keeps a breaker open longer than its own longest period."""
+    b = CircuitBreaker(recovery_timeout=30.0)
+    await trio.sleep(100)
+    assert b.sharing.open_until(100.0 + 86_400.0) is True
+    assert b.retry_after == 30.0
+    assert b.sharing.open_deadline == 130.0
+
+
+async def test_remote_deadlines_that_are_garbage_change_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """NaN, inf, past deadlines and non-numbers are refused with False, never raised."""
+    b = CircuitBreaker()
+    await trio.sleep(5)
+    port = b.sharing
+    for bad in (math.nan, math.inf, -math.inf, 5.0, 1.0, "9", None, True):
+        assert port.open_until(bad) is False  # type: ignore[arg-type]
+    assert b.state is CircuitState.CLOSED
+    assert b.statistics().generation == 0
+
+
+def test_remote_open_outside_a_run_changes_nothing() -> None:
+    """Without a Trio clock there is no deadline to compare: nothing happens."""
+    b = CircuitBreaker()
+    assert b.sharing.open_until(10.0) is False
+    assert b.sharing.trip() is False
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_remote_trip_has_no_last_failure_and_counts_as_an_opening(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A remote trip rejects like a local one; times_opened counts it."""
+    b = CircuitBreaker("db")
+    b.sharing.open_until(12.0)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.retry_after == 12.0
+    assert b.statistics().times_opened == 1
+    await trio.sleep(12)
+    assert await b.call(ok) == "ok"  # half-open: a probe is admitted
+
+
+async def test_trip_opens_a_closed_breaker_for_its_own_recovery_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """trip() opens like a local trip, with the given reason; not when already open."""
+    changes: list[StateChange] = []
+    b = CircuitBreaker(recovery_timeout=7.0, on_state_change=changes.append)
+    assert b.sharing.trip() is True
+    assert b.retry_after == 7.0
+    assert b.sharing.trip("quorum") is False
+    assert [(c.new_state, c.reason) for c in changes] == [("open", "shared_failures")]
+    b.reset()
+    assert b.sharing.trip("quorum") is True
+    assert changes[-1].reason == "quorum"
+
+
+def test_would_trip_applies_the_breakers_own_rule() -> None:
+    """The count and rate rules decide on foreign counts; garbage answers False."""
+    counts = CircuitBreaker(failure_threshold=5).sharing
+    assert counts.would_trip(5, 5) is True
+    assert counts.would_trip(4, 100) is False
+    rate = CircuitBreaker(
+        failure_threshold=None, failure_rate_threshold=0.55, minimum_calls=100
+    ).sharing
+    assert rate.would_trip(55, 100) is True
+    assert rate.would_trip(54, 100) is False
+    assert rate.would_trip(60, 99) is False  # under minimum_calls
+    for bad in ((-1, 10), (True, 1), (1.5, 10), ("5", 10), (200, 100)):
+        assert rate.would_trip(*bad) is False  # type: ignore[arg-type]
+
+
+async def test_counted_reports_monotonic_window_counts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """counted() grows with the outcomes that entered the window, even as they expire."""
+    b = CircuitBreaker(failure_threshold=10, failure_window=5.0)
+    assert b.sharing.counted() == (0, 0)
+    for _ in range(3):
+        await b.call(ok)
+    await fail_times(b, 2)
+    assert b.sharing.counted() == (2, 5)
+    await trio.sleep(10)  # the window is empty again; the totals stay
+    assert b.statistics().calls_in_window == 0
+    await b.call(ok)
+    assert b.sharing.counted() == (2, 6)
+
+
+def test_attach_claims_the_breaker_for_one_sharer() -> None:
+    """A second owner is refused; detach drops the owner's listeners and permit source."""
+    b = CircuitBreaker("db")
+    port = b.sharing
+    owner, other = object(), object()
+    port.attach(owner)
+    port.attach(owner)  # the same owner again: fine
+    with pytest.raises(RuntimeError, match=r"^breaker 'db' is already shared; share it once"):
+        port.attach(other)
+    cluster = FakeCluster(permits=1)
+    port.set_permit_source(cluster)
+    port.add_listener(lambda change: None)
+    port.detach(other)  # not the owner: nothing happens
+    assert port.owner is owner and port.permit_source is cluster
+    port.detach(owner)
+    assert port.owner is None and port.permit_source is None
+    port.attach(other)
+    assert b.sharing.owner is other
+
+
+def test_port_refuses_async_listeners_and_sources_without_methods() -> None:
+    """Listeners are sync callables; a permit source has acquire and release."""
+    port = CircuitBreaker().sharing
+
+    async def async_listener(change: StateChange) -> None: ...
+
+    with pytest.raises(TypeError, match=r"^listener must be a sync callable"):
+        port.add_listener(async_listener)
+    with pytest.raises(TypeError, match=r"^listener must be a sync callable"):
+        port.add_listener("nope")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^source must have acquire"):
+        port.set_permit_source(object())  # type: ignore[arg-type]
+
+
+async def test_raising_listener_and_permit_source_never_reach_the_caller() -> None:
+    """A listener, acquire or release that raises is logged; the probe goes on locally."""
+    from structlog.testing import capture_logs
+
+    from trio_resilience.testing import set_breaker_state
+
+    class Broken:
+        async def acquire(self, breaker: CircuitBreaker) -> object:
+            raise OSError("redis down")
+
+        def release(self, breaker: CircuitBreaker, lease: str) -> None:
+            raise OSError("redis down")
+
+    class Leasing(Broken):
+        async def acquire(self, breaker: CircuitBreaker) -> object:
+            return "lease-1"
+
+    def bad_listener(change: StateChange) -> None:
+        raise ValueError("listener bug")
+
+    b = CircuitBreaker("db", half_open_max_calls=1, success_threshold=2)
+    b.sharing.set_permit_source(Broken())
+    b.sharing.add_listener(bad_listener)
+    with capture_logs() as logs:
+        set_breaker_state(b, "half_open")
+        assert await b.call(ok) == "ok"  # acquire raised: the local limiter decided
+        b.sharing.set_permit_source(Leasing())
+        assert await b.call(ok) == "ok"  # release raised: logged, the call is fine
+    assert b.state is CircuitState.CLOSED
+    failed = [e for e in logs if e["event"] == "trio_resilience.breaker.sharing_failed"]
+    assert [e["hook"] for e in failed] == ["listener", "acquire", "release", "listener"]
+    assert b.statistics().half_open_in_flight == 0

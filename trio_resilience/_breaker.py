@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import enum
+import contextlib
+import inspect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from fractions import Fraction
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import trio
 from trio_util import AsyncValue
@@ -18,6 +19,15 @@ from ._classify import FAILURE, IGNORED, SUCCESS, ExceptionSpec, Matcher, classi
 from ._decorate import decorate
 from ._exceptions import CircuitOpenError
 from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger
+from ._state import (
+    BREAKER_SHARING_FAILED,
+    REMOTE_CLOSE,
+    REMOTE_TRIP,
+    SHARED_FAILURES,
+    CircuitBreakerStatistics,
+    CircuitState,
+    StateChange,
+)
 from ._validate import (
     MAX_SIZE,
     check_int,
@@ -28,6 +38,16 @@ from ._validate import (
     check_optional_number,
     check_str,
 )
+
+__all__ = [
+    "BreakerRegistry",
+    "BreakerSharing",
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
+    "CircuitState",
+    "PermitSource",
+    "StateChange",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,16 +81,6 @@ _BATCH = 32
 _STALE = -2  # the generation of an untracked call admitted before the last transition
 
 
-class CircuitState(enum.StrEnum):
-    """The state of a :class:`CircuitBreaker` (members compare equal to their names)."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-    FORCED_OPEN = "forced_open"
-    DISABLED = "disabled"
-
-
 _CLOSED = CircuitState.CLOSED
 _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
@@ -78,67 +88,17 @@ _FORCED_OPEN = CircuitState.FORCED_OPEN
 _DISABLED = CircuitState.DISABLED
 
 
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One transition of a breaker, passed to ``on_state_change``."""
-
-    name: str
-    """The breaker's name."""
-    old_state: CircuitState
-    """The state it left."""
-    new_state: CircuitState
-    """The state it entered."""
-    reason: str
-    """Why: ``failure_threshold``, ``failure_rate``, ``recovery_timeout``,
-    ``success_threshold``, ``half_open_failure``, ``force_open``, ``disable`` or ``reset``."""
-    at: float
-    """Trio time of the transition."""
-
-
-@dataclass(frozen=True, slots=True)
-class CircuitBreakerStatistics:
-    """A snapshot of a breaker, from :meth:`CircuitBreaker.statistics`."""
-
-    state: CircuitState
-    """The effective state (an open breaker past its recovery timeout reads half-open)."""
-    failures_in_window: int
-    """Failures that still count towards tripping."""
-    calls_in_window: int
-    """Successes and failures in the window (approximate to one bucket)."""
-    half_open_in_flight: int
-    """Probes running now in the current half-open period."""
-    consecutive_successes: int
-    """Consecutive successful probes in the current half-open period."""
-    total_calls: int
-    """Calls admitted over the breaker's life (rejections are not calls)."""
-    total_successes: int
-    """Admitted calls that succeeded."""
-    total_failures: int
-    """Admitted calls that failed (slow calls included)."""
-    total_rejected: int
-    """Calls refused with :class:`CircuitOpenError`."""
-    total_ignored: int
-    """Admitted calls whose exception matched ``ignore_on``."""
-    total_cancelled: int
-    """Admitted calls that ended in cancellation (counted as nothing else)."""
-    times_opened: int
-    """How often the breaker opened because of failures (forced opens excluded)."""
-    retry_after: float
-    """Seconds until a probe can be admitted (0.0 unless open; inf when forced open)."""
-    generation: int
-    """Increases with every transition; results of older generations are stale."""
-
-
 class _Ticket:
     """One admitted call that needs more than its generation: a probe or a timed call."""
 
-    __slots__ = ("gen", "lease", "limiter", "start")
+    __slots__ = ("gen", "lease", "limiter", "source", "start")
 
     def __init__(self, gen: int, limiter: trio.CapacityLimiter | None, start: float) -> None:
         self.gen = gen
         self.limiter = limiter
         self.start = start
-        self.lease: str | None = None  # a cluster-wide probe permit (trio_resilience.redis)
+        self.lease: str | None = None  # a cluster-wide probe permit from a PermitSource
+        self.source: PermitSource | None = None  # the source that granted it
 
 
 class CircuitBreaker:
@@ -179,8 +139,9 @@ class CircuitBreaker:
         "_bucket_index",
         "_bucket_width",
         "_closed",
-        "_cluster",
         "_consecutive",
+        "_counted_calls",
+        "_counted_failures",
         "_entries",
         "_failure_matcher",
         "_failures",
@@ -190,12 +151,14 @@ class CircuitBreaker:
         "_ignore_matcher",
         "_limiter",
         "_logger",
-        "_observers",
         "_open_until",
         "_opened_at",
         "_pending",
         "_pending_at",
+        "_rate_den",
+        "_rate_num",
         "_recovery_delays",
+        "_shared",
         "_state",
         "_state_value",
         "_sum_calls",
@@ -251,6 +214,10 @@ class CircuitBreaker:
             "failure_rate_threshold", failure_rate_threshold, gt=0, le=1
         )
         self.minimum_calls = check_int("minimum_calls", minimum_calls, minimum=1)
+        self._rate_num, self._rate_den = 0, 0
+        if self.failure_rate_threshold is not None:
+            exact = Fraction(str(self.failure_rate_threshold))
+            self._rate_num, self._rate_den = exact.numerator, exact.denominator
         self.slow_call_duration = check_optional_number(
             "slow_call_duration", slow_call_duration, ge=0
         )
@@ -275,11 +242,10 @@ class CircuitBreaker:
 
         self._state = _CLOSED
         self._closed = True
-        # Hooks for trio_resilience.redis: transition observers and a cluster permit
-        # source for half-open probes. Both empty unless open_shared_state() runs.
-        self._observers: list[Callable[[CircuitBreaker, CircuitState, CircuitState, str], None]]
-        self._observers = []
-        self._cluster: Any = None
+        # The sharing port's hooks (owner, listeners, permit source); None until used.
+        self._shared: _Hooks | None = None
+        self._counted_calls = 0
+        self._counted_failures = 0
         self._gen = 0
         self._state_value: AsyncValue[CircuitState] = AsyncValue(_CLOSED)
         self._limiter = trio.CapacityLimiter(self.half_open_max_calls)
@@ -437,6 +403,15 @@ class CircuitBreaker:
         return self._state_value
 
     @property
+    def sharing(self) -> BreakerSharing:
+        """The breaker's sharing port, for layers that share it across processes.
+
+        ``trio_resilience.redis`` uses it; see :class:`BreakerSharing` and the
+        "Sharing port" section of ``docs/breaker.md``.
+        """
+        return BreakerSharing(self)
+
+    @property
     def half_open_limiter(self) -> trio.CapacityLimiter:
         """The ``trio.CapacityLimiter`` of the current (or next) half-open period."""
         return self._limiter
@@ -520,6 +495,35 @@ class CircuitBreaker:
             detail = f"{self._sum_failures}/{self._sum_calls} failed calls"
         return f"<CircuitBreaker {self.name!r} {state.value} {detail}>"
 
+    # ------------------------------------------- wave-1 hooks (until redis.py moves)
+    # trio_resilience.redis of wave 1 reached into these names; they now forward to the
+    # sharing port. Remove them once redis.py uses ``breaker.sharing`` only.
+
+    @property
+    def _cluster(self) -> Any:
+        return self.sharing.permit_source
+
+    @_cluster.setter
+    def _cluster(self, source: Any) -> None:
+        port = self.sharing
+        if source is None:
+            port.set_permit_source(None)
+            if port.owner is not None:
+                port.detach(port.owner)
+        else:
+            port.attach(source)
+            port.set_permit_source(source)
+
+    @property
+    def _observers(self) -> list[Any]:
+        return _ObserverList(self)
+
+    def _remote_open(self, until: float, now: float) -> None:
+        self.sharing.open_until(until)
+
+    def _remote_close(self, now: float) -> None:
+        self.sharing.close_remote()
+
     # ----------------------------------------------------------------- the engine
 
     def _now(self) -> float:
@@ -566,11 +570,12 @@ class CircuitBreaker:
         """Admit a call outside the closed fast path, or raise CircuitOpenError.
 
         A refusal is a checkpoint. A half-open probe also takes a cluster-wide permit
-        when the breaker is shared (``trio_resilience.redis``).
+        when a sharing layer set a permit source (see :class:`BreakerSharing`).
         """
         ticket = self._admit()
         if ticket is None or (
-            self._cluster is not None
+            self._shared is not None
+            and self._shared.permits is not None
             and ticket.__class__ is _Ticket
             and not await self._cluster_permit(ticket)
         ):
@@ -582,12 +587,19 @@ class CircuitBreaker:
     async def _cluster_permit(self, ticket: _Ticket) -> bool:
         """For a half-open probe, also take a cluster-wide permit; False means refused.
 
-        On refusal (or cancellation) the local permit and the admission are undone.
+        On refusal (or cancellation) the local permit and the admission are undone. A
+        permit source that raises, or answers anything but a lease, True, False or
+        None, counts as no answer: the local limiter decides.
         """
-        if ticket.limiter is None:
+        shared = self._shared
+        if ticket.limiter is None or shared is None or shared.permits is None:
             return True
+        source = shared.permits
         try:
-            lease = await self._cluster.acquire(self)
+            lease = await source.acquire(self)
+        except Exception as exc:
+            self._sharing_failed("acquire", exc)
+            lease = None
         except BaseException:
             self._undo_admission(ticket)
             raise
@@ -597,6 +609,7 @@ class CircuitBreaker:
             return False
         if isinstance(lease, str):
             ticket.lease = lease
+            ticket.source = source
         return True
 
     def _undo_admission(self, ticket: _Ticket) -> None:
@@ -605,10 +618,22 @@ class CircuitBreaker:
         self._total_calls -= 1
 
     def _release_lease(self, ticket: _Ticket) -> None:
-        cluster = self._cluster
-        if cluster is not None and ticket.lease is not None:
-            cluster.release(self, ticket.lease)
-        ticket.lease = None
+        source, lease = ticket.source, ticket.lease
+        ticket.lease = ticket.source = None
+        if source is not None and lease is not None:
+            try:
+                source.release(self, lease)
+            except Exception as exc:
+                self._sharing_failed("release", exc)
+
+    def _sharing_failed(self, what: str, exc: BaseException) -> None:
+        self._logger.error(
+            BREAKER_SHARING_FAILED,
+            breaker=self.name,
+            hook=what,
+            error=_safe_repr(exc),
+            exc_info=exc,
+        )
 
     def _settle_success(self, ticket: int | _Ticket) -> None:
         if ticket.__class__ is int:  # closed fast path or disabled (-1)
@@ -690,6 +715,7 @@ class CircuitBreaker:
         self._roll(self._pending_at)
         self._bucket_calls[self._bucket_index % _RATE_BUCKETS] += self._pending
         self._sum_calls += self._pending
+        self._counted_calls += self._pending
         self._pending = 0
 
     def _record_closed(self, failed: bool) -> None:
@@ -702,7 +728,9 @@ class CircuitBreaker:
         slot = self._bucket_index % _RATE_BUCKETS
         self._bucket_calls[slot] += 1
         self._sum_calls += 1
+        self._counted_calls += 1
         if failed:
+            self._counted_failures += 1
             self._bucket_failures[slot] += 1
             self._sum_failures += 1
             threshold = self.failure_threshold
@@ -715,13 +743,22 @@ class CircuitBreaker:
                 if len(failures) >= threshold:
                     self._transition(_OPEN, "failure_threshold", now)
                     return
-        rate = self.failure_rate_threshold
-        if (
-            rate is not None
-            and self._sum_calls >= self.minimum_calls
-            and self._sum_failures >= rate * self._sum_calls
+        if self.failure_rate_threshold is not None and self._rate_trips(
+            self._sum_failures, self._sum_calls
         ):
             self._transition(_OPEN, "failure_rate", now)
+
+    def _rate_trips(self, failures: int, calls: int) -> bool:
+        """The rate rule: ``failures / calls >= failure_rate_threshold``, compared exactly.
+
+        The threshold is the decimal it was written as (``0.55`` is 11/20, not the
+        float's binary value), compared in integers: 55 of 100 trips at 0.55.
+        """
+        return (
+            self._rate_den != 0
+            and calls >= self.minimum_calls
+            and failures * self._rate_den >= self._rate_num * calls
+        )
 
     def _roll(self, now: float) -> None:
         """Move the current bucket to the one holding ``now``, emptying those skipped."""
@@ -769,8 +806,13 @@ class CircuitBreaker:
         self._sum_calls = 0
         self._sum_failures = 0
 
-    def _transition(self, new: CircuitState, reason: str, now: float) -> None:
-        """Enter ``new`` (or renew the same state): new generation, log, listener."""
+    def _transition(
+        self, new: CircuitState, reason: str, now: float, open_for: float | None = None
+    ) -> None:
+        """Enter ``new`` (or renew the same state): new generation, log, listener.
+
+        ``open_for`` (entering OPEN only) replaces the recovery timeout of this period.
+        """
         old = self._state
         failures_in_window = self._window_counts(now)[0] if old is _CLOSED else 0
         # Every call in flight now belongs to an older generation.
@@ -790,6 +832,8 @@ class CircuitBreaker:
                 timeout = next(self._recovery_delays)
             else:
                 timeout = self.recovery_timeout
+            if open_for is not None:
+                timeout = open_for
             self._opened_at = now
             self._open_until = now + timeout
             self._times_opened += 1
@@ -826,22 +870,345 @@ class CircuitBreaker:
                     error=repr(exc),
                     exc_info=exc,
                 )
-        for observer in self._observers:
-            observer(self, old, new, reason)
+        shared = self._shared
+        if shared is not None and shared.listeners:
+            change = StateChange(self.name, old, new, reason, now)
+            for fn in tuple(shared.listeners):
+                try:
+                    fn(change)
+                except Exception as exc:
+                    self._sharing_failed("listener", exc)
 
-    def _remote_open(self, until: float, now: float) -> None:
-        """Another process tripped this breaker: reject until ``until`` (Trio time)."""
-        state = self._state
+
+class PermitSource(Protocol):
+    """Where half-open probes take a cluster-wide permit (set by a sharing layer).
+
+    ``acquire`` answers a lease id (``str``: the permit is held until ``release`` is
+    called with it), ``True`` (a permit with nothing to give back), ``False`` (the
+    cluster's probes are all busy: the call is refused with ``retry_after == 0.0``)
+    or ``None`` (no answer in time: the local limiter alone decides). It should bound
+    its own wait (``trio.move_on_after``); an exception it raises counts as ``None``.
+    ``release`` must not block; an exception it raises is logged and dropped.
+    """
+
+    async def acquire(self, breaker: CircuitBreaker, /) -> str | bool | None: ...
+
+    def release(self, breaker: CircuitBreaker, lease: str, /) -> None: ...
+
+
+class _ObserverList(list[Any]):
+    """Wave-1 observers ``fn(breaker, old, new, reason)`` as port listeners."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        super().__init__()
+        self._breaker = breaker
+        shared = breaker._shared
+        for fn in shared.listeners if shared is not None else ():
+            observer = getattr(fn, "observer", None)
+            if observer is not None:
+                super().append(observer)
+
+    def append(self, observer: Any) -> None:
+        breaker = self._breaker
+
+        def listener(change: StateChange) -> None:
+            observer(breaker, change.old_state, change.new_state, change.reason)
+
+        listener.observer = observer  # type: ignore[attr-defined]
+        breaker.sharing.add_listener(listener)
+        super().append(observer)
+
+    def remove(self, observer: Any) -> None:
+        shared = self._breaker._shared
+        for fn in list(shared.listeners if shared is not None else ()):
+            if getattr(fn, "observer", None) is observer:
+                shared.listeners.remove(fn)  # type: ignore[union-attr]
+        super().remove(observer)
+
+
+class _Hooks:
+    """What a sharing layer attached to one breaker."""
+
+    __slots__ = ("listeners", "owner", "permits")
+
+    def __init__(self) -> None:
+        self.owner: object = None
+        self.listeners: list[Callable[[StateChange], None]] = []
+        self.permits: PermitSource | None = None
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when its ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object (repr failed)>"
+
+
+def _longest_open_period(recovery_timeout: float | Backoff) -> float:
+    """The longest one open period can last: the timeout, or the Backoff's cap."""
+    if not isinstance(recovery_timeout, Backoff):
+        return recovery_timeout
+    cap = getattr(recovery_timeout, "max_delay", None)
+    if isinstance(cap, int | float) and not isinstance(cap, bool) and cap >= 0:
+        return float(cap)
+    delay = getattr(recovery_timeout, "delay", None)
+    jitter = getattr(recovery_timeout, "jitter_factor", 0.0)
+    if isinstance(delay, int | float) and isinstance(jitter, int | float):
+        return float(delay) * (1.0 + float(jitter))
+    return math.inf  # a user's own Backoff: no known bound
+
+
+class BreakerSharing:
+    """The sharing port of one :class:`CircuitBreaker`: ``breaker.sharing``.
+
+    A documented door for layers that share a breaker's decisions across processes
+    (``trio_resilience.redis``): they read the configuration they validate foreign
+    data against, listen to transitions, apply remote trips and closes, read the
+    counts to publish, ask the breaker's own trip rule about the cluster's counts,
+    and gate half-open probes with cluster-wide permits. Every method is sync, O(1)
+    and takes Trio times (``trio.current_time()``); none of them awaits. Deadlines in
+    the past or not finite, and calls that make no sense in the current state, change
+    nothing and return ``False``; they never raise for bad data.
+
+    The port is a view: ``breaker.sharing`` makes a new one each time, all acting on
+    the same breaker. See the "Sharing port" section of ``docs/breaker.md``.
+    """
+
+    __slots__ = ("breaker",)
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+
+    # ------------------------------------------------------------ configuration
+
+    @property
+    def failure_window(self) -> float:
+        """Seconds a failure counts for: the span of counts a sharer may add."""
+        return self.breaker.failure_window
+
+    @property
+    def failure_threshold(self) -> int | None:
+        """Failures within the window that trip it (None: only the rate rule)."""
+        return self.breaker.failure_threshold
+
+    @property
+    def failure_rate_threshold(self) -> float | None:
+        """The failure rate that trips it (None: no rate rule)."""
+        return self.breaker.failure_rate_threshold
+
+    @property
+    def minimum_calls(self) -> int:
+        """Calls needed in the window before the rate rule applies."""
+        return self.breaker.minimum_calls
+
+    @property
+    def half_open_max_calls(self) -> int:
+        """Probes this breaker admits at once."""
+        return self.breaker.half_open_max_calls
+
+    @property
+    def longest_open_period(self) -> float:
+        """The longest one open period of this breaker can last, in seconds.
+
+        ``recovery_timeout`` itself, or a Backoff's ``max_delay`` (a
+        ``ConstantBackoff``'s ``delay * (1 + jitter_factor)``; ``inf`` for a Backoff
+        of unknown bound). :meth:`open_until` never opens it for longer.
+        """
+        return _longest_open_period(self.breaker.recovery_timeout)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def state(self) -> CircuitState:
+        """The applied state (an open breaker past its recovery time reads OPEN here
+        until the move to half-open is applied; :attr:`CircuitBreaker.state` reads the
+        effective state)."""
+        return self.breaker._state
+
+    @property
+    def open_deadline(self) -> float | None:
+        """Trio time at which the current open period ends, or None unless OPEN."""
+        breaker = self.breaker
+        return breaker._open_until if breaker._state is _OPEN else None
+
+    def counted(self) -> tuple[int, int]:
+        """``(failures, calls)`` this breaker has counted in its window, ever.
+
+        Monotonic totals of the outcomes that entered the closed-state window (stale
+        results, half-open probes, ignored and cancelled calls never do). A sharing
+        layer publishes the difference between two readings.
+        """
+        breaker = self.breaker
+        if breaker._pending and breaker._state is _CLOSED:
+            with contextlib.suppress(RuntimeError):  # outside trio.run: nothing to roll
+                breaker._flush()
+        return breaker._counted_failures, breaker._counted_calls + breaker._pending
+
+    def would_trip(self, failures: int, calls: int) -> bool:
+        """Whether this breaker's own trip rule opens on these counts over its window.
+
+        The count rule (``failures >= failure_threshold``) or the rate rule (at least
+        ``minimum_calls`` calls and ``failures / calls >= failure_rate_threshold``,
+        compared exactly). Counts that are not non-negative ints, or more failures
+        than calls in a rate rule, answer False.
+        """
+        breaker = self.breaker
+        if not (
+            isinstance(failures, int)
+            and isinstance(calls, int)
+            and not isinstance(failures, bool)
+            and not isinstance(calls, bool)
+            and failures >= 0
+            and calls >= 0
+        ):
+            return False
+        threshold = breaker.failure_threshold
+        if threshold is not None and failures >= threshold:
+            return True
+        return failures <= calls and breaker._rate_trips(failures, calls)
+
+    # ------------------------------------------------------------ transitions
+
+    def open_until(self, deadline: float, reason: str = REMOTE_TRIP) -> bool:
+        """Open the breaker until ``deadline`` (Trio time): another process tripped it.
+
+        A CLOSED or HALF_OPEN breaker opens (a transition with ``reason``: new
+        generation, log, ``on_state_change``, listeners; ``times_opened`` counts it,
+        ``CircuitOpenError.last_failure`` is None); an OPEN one only ever extends its
+        deadline. The deadline is capped at ``now + longest_open_period``. FORCED_OPEN
+        and DISABLED are left alone. Returns whether anything changed.
+        """
+        breaker = self.breaker
+        if not (
+            isinstance(deadline, int | float) and not isinstance(deadline, bool)
+        ) or not math.isfinite(deadline):
+            return False
+        try:
+            now = _current_time()
+        except RuntimeError:
+            return False
+        until = min(float(deadline), now + self.longest_open_period)
+        if until <= now:
+            return False
+        state = breaker._state
         if state is _CLOSED or state is _HALF_OPEN:
-            self._transition(_OPEN, "remote_trip", now)
-            self._open_until = until
-        elif state is _OPEN and until > self._open_until:
-            self._open_until = until
+            breaker._transition(_OPEN, reason, now, open_for=until - now)
+            return True
+        if state is _OPEN and until > breaker._open_until:
+            breaker._open_until = until
+            return True
+        return False
 
-    def _remote_close(self, now: float) -> None:
-        """Another process's probes closed this breaker."""
-        if self._state is _OPEN or self._state is _HALF_OPEN:
-            self._transition(_CLOSED, "remote_close", now)
+    def trip(self, reason: str = SHARED_FAILURES) -> bool:
+        """Open a CLOSED breaker for its own recovery timeout, as a local trip would.
+
+        For trips decided by the sharing layer (the cluster's counts passed
+        :meth:`would_trip`, a quorum of remote trips). Returns whether it opened.
+        """
+        breaker = self.breaker
+        if breaker._state is not _CLOSED:
+            return False
+        try:
+            now = _current_time()
+        except RuntimeError:
+            return False
+        breaker._transition(_OPEN, reason, now)
+        return True
+
+    def close_remote(self, reason: str = REMOTE_CLOSE) -> bool:
+        """Close an OPEN or HALF_OPEN breaker: another process's probes closed it.
+
+        The window starts empty, as on a local close. FORCED_OPEN, DISABLED and CLOSED
+        are left alone. Returns whether it closed.
+        """
+        breaker = self.breaker
+        if breaker._state is not _OPEN and breaker._state is not _HALF_OPEN:
+            return False
+        breaker._transition(_CLOSED, reason, breaker._now())
+        return True
+
+    # ------------------------------------------------------------ hooks
+
+    def _hooks(self) -> _Hooks:
+        breaker = self.breaker
+        if breaker._shared is None:
+            breaker._shared = _Hooks()
+        return breaker._shared
+
+    @property
+    def owner(self) -> object:
+        """The sharing layer attached to this breaker, or None."""
+        shared = self.breaker._shared
+        return None if shared is None else shared.owner
+
+    def attach(self, owner: object) -> None:
+        """Claim the breaker for ``owner`` (one sharing layer at a time).
+
+        Raises:
+            RuntimeError: another owner holds it.
+        """
+        hooks = self._hooks()
+        if hooks.owner is not None and hooks.owner is not owner:
+            raise RuntimeError(
+                f"breaker {self.breaker.name!r} is already shared; share it once "
+                "(detach it from the other sharing layer first)"
+            )
+        hooks.owner = owner
+
+    def detach(self, owner: object) -> None:
+        """Release ``owner``'s claim and drop every listener and the permit source.
+
+        Probes holding a lease still give it back to the source that granted it.
+        Does nothing when ``owner`` is not the current owner.
+        """
+        shared = self.breaker._shared
+        if shared is not None and shared.owner is owner:
+            self.breaker._shared = None
+
+    def add_listener(self, fn: Callable[[StateChange], None]) -> None:
+        """Call ``fn(change)`` after every transition (local or applied by the port).
+
+        Called after ``on_state_change``, synchronously, in the task that caused the
+        transition; it must not block. An exception it raises is logged
+        (``trio_resilience.breaker.sharing_failed``) and never reaches a caller.
+        Reasons tell local transitions from the port's (the ``reason`` passed to
+        :meth:`open_until`, :meth:`trip`, :meth:`close_remote`).
+        """
+        if not callable(fn) or inspect.iscoroutinefunction(fn):
+            raise TypeError(f"listener must be a sync callable, got {fn!r}")
+        self._hooks().listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[StateChange], None]) -> None:
+        """Stop calling ``fn``; nothing happens if it was not a listener."""
+        shared = self.breaker._shared
+        if shared is not None and fn in shared.listeners:
+            shared.listeners.remove(fn)
+
+    @property
+    def permit_source(self) -> PermitSource | None:
+        """The cluster-wide permit source of half-open probes, or None."""
+        shared = self.breaker._shared
+        return None if shared is None else shared.permits
+
+    def set_permit_source(self, source: PermitSource | None) -> None:
+        """Make half-open probes also take a permit from ``source`` (None: local only).
+
+        A probe first takes a local permit (``half_open_max_calls``), then awaits
+        ``source.acquire(breaker)``; a lease it got is released with
+        ``source.release(breaker, lease)`` when the probe ends, on every path.
+        """
+        if source is not None and not (
+            callable(getattr(source, "acquire", None))
+            and callable(getattr(source, "release", None))
+        ):
+            raise TypeError(
+                f"source must have acquire(breaker) and release(breaker, lease), got {source!r}"
+            )
+        self._hooks().permits = source
+
+    def __repr__(self) -> str:
+        return f"<BreakerSharing of {self.breaker!r}>"
 
 
 class BreakerRegistry:

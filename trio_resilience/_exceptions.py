@@ -5,7 +5,7 @@
     Exception
      └── ResilienceError
           ├── BulkheadFullError     a bulkhead or concurrency limit had no free slot
-     ├── CircuitOpenError      a breaker refused a call
+          ├── CircuitOpenError      a breaker refused a call
           ├── LoadShedError         a channel shed a send
           ├── LoopBudgetExhausted   a loop budget hit a hard limit
           ├── RateLimitExceeded     a rate limiter could not admit in time
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._state import CircuitState
+
 if TYPE_CHECKING:
     import outcome
-
-    from ._breaker import CircuitState
 
 
 class ResilienceError(Exception):
