@@ -526,7 +526,7 @@ async def test_redis_down_from_the_start_keeps_breakers_local() -> None:
 async def test_late_joiner_reads_the_shared_trips(shared_server: RedisServer) -> None:
     """A process that joins after two trips reads them and opens until the deadline."""
     prefix = fresh()
-    first = [CircuitBreaker("late", failure_threshold=1, recovery_limit=5.0) for _ in "ab"]
+    first = [CircuitBreaker("late", failure_threshold=1, recovery_timeout=5.0) for _ in "ab"]
     async with (
         open_shared_state(shared_server.url, first[0], prefix=prefix),
         open_shared_state(shared_server.url, first[1], prefix=prefix),
@@ -534,7 +534,7 @@ async def test_late_joiner_reads_the_shared_trips(shared_server: RedisServer) ->
         await trip(first[0])
         await trip(first[1])
         await trio.sleep(0.1)
-    joiner = CircuitBreaker("late", failure_threshold=1, recovery_limit=5.0)
+    joiner = CircuitBreaker("late", failure_threshold=1, recovery_timeout=5.0)
     async with open_shared_state(shared_server.url, joiner, prefix=prefix) as shared:
         assert joiner.state is CircuitState.OPEN
         assert 4.5 < joiner.retry_after <= 5.0

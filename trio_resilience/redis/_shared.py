@@ -28,7 +28,6 @@ from .._log import get_logger
 from .._ratelimit import RateLimiter
 from .._retry_budget import RetryBudget
 from . import _keys, _lua, _trust
-from ._compat import port_of
 
 REDIS_DEGRADED = "trio_resilience.redis.degraded"
 REDIS_RECOVERED = "trio_resilience.redis.recovered"
@@ -119,7 +118,7 @@ class _Shared:
 
     def __init__(self, breaker: CircuitBreaker, prefix: str) -> None:
         self.breaker = breaker
-        self.port = port_of(breaker)
+        self.port = breaker.sharing
         self.escaped = _keys.escape(breaker.name)
         self.keys = _keys.BreakerKeys(prefix, breaker.name, _ms(breaker.failure_window))
         self.version = "-1"  # never seen: the first sync reads everything
