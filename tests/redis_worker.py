@@ -68,24 +68,24 @@ async def trip_and_watch(url: str, role: str, prefix: str, quorum: int) -> None:
 
 
 async def fanout(url: str, role: str, prefix: str, quorum: int) -> None:
-    """For the benchmark: wait (polling every ms) until the breaker opens; report when.
+    """For the benchmark: wait on the state value until the breaker opens; report when.
 
-    The "tripper" role trips once the file ``prefix`` names (a go signal) exists."""
+    The "tripper" role trips when a line arrives on its stdin (the go signal)."""
     breaker = CircuitBreaker("svc", failure_threshold=1, recovery_timeout=60.0, logger=Quiet())
     async with open_shared_state(
         url, breaker, prefix="bench", sync_interval=0.25, trip_quorum=1, logger=Quiet()
     ) as shared:
         emit(event="ready")
-        start = trio.current_time()
-        while trio.current_time() - start < 8.0:
-            closed = breaker.state is CircuitState.CLOSED
-            if role == "tripper" and closed and await trio.Path(prefix).exists():
-                await _trip(breaker, 1)
-                emit(event="tripped")
-            if breaker.state is CircuitState.OPEN:
-                emit(event="open", syncs=shared.statistics().syncs)
-                return
-            await trio.sleep(0.001)
+        if role == "tripper":
+            await trio.to_thread.run_sync(sys.stdin.readline)  # the go signal
+            await _trip(breaker, 1)
+            emit(event="tripped")
+            await trio.sleep(1.0)
+            return
+        with trio.move_on_after(30.0):
+            await breaker.state_value.wait_value(CircuitState.OPEN)
+            emit(event="open", syncs=shared.statistics().syncs)
+            return
         emit(event="timeout")
 
 

@@ -132,6 +132,9 @@ async def open_shared_state(
             try:
                 yield state
             finally:
+                # Trips, closes and lease releases not yet sent go out now (bounded).
+                with trio.CancelScope(shield=True), trio.move_on_after(state.exit_flush):
+                    await state._flush()
                 state._closing = True
                 nursery.cancel_scope.cancel()
     finally:

@@ -12,15 +12,21 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local bad = 0
 local function fmt(n) return string.format('%.0f', n) end
-local function check(key, kind)
-  local ty = redis.call('TYPE', key)['ok']
-  if ty ~= kind and ty ~= 'none' then
-    redis.call('DEL', key)
-    bad = bad + 1
+-- A command on a key of the wrong type (garbage) deletes the key and runs again.
+local function safe(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'WRONGTYPE', 1, true) then
+      redis.call('DEL', key)
+      bad = bad + 1
+      return redis.call(cmd, key, ...)
+    end
+    return redis.error_reply(r.err)
   end
+  return r
 end
 local function capped(key, limit)
-  if redis.call('HLEN', key) > limit then
+  if safe('HLEN', key) > limit then
     redis.call('DEL', key)
     bad = bad + 1
   end
@@ -33,48 +39,44 @@ end
 """
 
 # KEYS: state, trips, sharers, probes, counts, origins.
-# ARGV: 1 origin, 2 seen version, 3 half_open_max_calls, 4 alive_us, 5 event
-# ('', 'trip', 'close'), 6 event age us, 7 open for us, 8 channel, 9 message,
-# 10 share counts ('0'/'1'), 11 window us, 12 width us, 13 new failures, 14 new calls,
-# 15 number of leases to release, 16.. the lease ids.
+# ARGV: 1 origin, 2 seen version, 3 half_open_max_calls, 4 heartbeat alive us ('0': no
+# heartbeat this sync), 5 event ('', 'trip', 'close'), 6 event age us, 7 open for us,
+# 8 channel, 9 message, 10 share counts ('0'/'1'), 11 window us, 12 width us, 13 new
+# failures, 14 new calls, 15 number of leases to release, 16.. the lease ids.
 # Reply: now, version, bad, closed_us, failures, calls, failing origins, changed,
 # then (when the version changed) origin, trip_us, until_us triples.
+# In the steady state it runs TIME and one HMGET (and a heartbeat now and then).
 SYNC_BREAKER = (
     _PRELUDE
     + """
 local day = 86400000000
-check(KEYS[1], 'hash'); check(KEYS[2], 'hash'); check(KEYS[3], 'zset'); check(KEYS[4], 'zset')
-capped(KEYS[2], 10000)
 local origin = ARGV[1]
-local ver = redis.call('HGET', KEYS[1], 'ver')
-if ver then
-  ver = integer(ver, 0, 2^52)
-  if ver == nil then redis.call('HSET', KEYS[1], 'ver', 0); ver = 0; bad = bad + 1 end
-else
-  ver = 0
+local fields = safe('HMGET', KEYS[1], 'ver', 'closed_us')
+local ver, closed = 0, 0
+if fields[1] then
+  ver = integer(fields[1], 0, 2^52)
+  if ver == nil then redis.call('HDEL', KEYS[1], 'ver'); ver = 0; bad = bad + 1 end
 end
-local closed = redis.call('HGET', KEYS[1], 'closed_us')
-if closed then
-  closed = integer(closed, 0, now + 1000000)
+if fields[2] then
+  closed = integer(fields[2], 0, now + 1000000)
   if closed == nil then redis.call('HDEL', KEYS[1], 'closed_us'); closed = 0; bad = bad + 1 end
-else
-  closed = 0
 end
 local nrel = tonumber(ARGV[15]) or 0
-for i = 1, nrel do redis.call('ZREM', KEYS[4], ARGV[15 + i]) end
+for i = 1, nrel do safe('ZREM', KEYS[4], ARGV[15 + i]) end
 local alive = tonumber(ARGV[4])
-redis.call('ZADD', KEYS[3], now + alive, ARGV[3] .. '|' .. origin)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('PTTL', KEYS[3]) < alive / 1000 + 1000 then
-  redis.call('PEXPIRE', KEYS[3], math.floor(alive / 1000) + 1000)
+if alive > 0 then
+  safe('ZADD', KEYS[3], fmt(now + alive), ARGV[3] .. '|' .. origin)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
+  redis.call('PEXPIRE', KEYS[3], 201000)
 end
 local event = ARGV[5]
 if event ~= '' then
   local at = now - tonumber(ARGV[6])
+  capped(KEYS[2], 10000)
   if event == 'trip' then
-    redis.call('HSET', KEYS[2], origin, fmt(at) .. ':' .. fmt(at + tonumber(ARGV[7])))
+    safe('HSET', KEYS[2], origin, fmt(at) .. ':' .. fmt(at + tonumber(ARGV[7])))
   else
-    local all = redis.call('HGETALL', KEYS[2])
+    local all = safe('HGETALL', KEYS[2])
     for i = 1, #all, 2 do
       local tr = tonumber(string.match(all[i + 1], '^(%d+):'))
       if tr == nil or tr <= at then redis.call('HDEL', KEYS[2], all[i]) end
@@ -93,7 +95,6 @@ if event ~= '' then
 end
 local cf, cc, co = 0, 0, 0
 if ARGV[10] == '1' then
-  check(KEYS[5], 'hash'); check(KEYS[6], 'zset')
   capped(KEYS[5], 10000)
   local window = tonumber(ARGV[11])
   local width = tonumber(ARGV[12])
@@ -101,7 +102,7 @@ if ARGV[10] == '1' then
   local oldest = current - math.floor(window / width) + 1
   local cleared = math.floor(closed / width)
   if oldest <= cleared then oldest = cleared + 1 end
-  local all = redis.call('HGETALL', KEYS[5])
+  local all = safe('HGETALL', KEYS[5])
   for i = 1, #all, 2 do
     local kind, b = string.match(all[i], '^([fc]):(%d+)$')
     b = tonumber(b)
@@ -121,25 +122,30 @@ if ARGV[10] == '1' then
   local dc = tonumber(ARGV[14])
   if df > 0 then
     redis.call('HINCRBY', KEYS[5], 'f:' .. fmt(current), df)
-    redis.call('ZADD', KEYS[6], now, origin)
+    safe('ZADD', KEYS[6], fmt(now), origin)
   end
   if dc > 0 then redis.call('HINCRBY', KEYS[5], 'c:' .. fmt(current), dc) end
+  if df > 0 or dc > 0 then
+    redis.call('PEXPIRE', KEYS[5], math.floor(window / 500) + 1000)
+    redis.call('PEXPIRE', KEYS[6], math.floor(window / 500) + 1000)
+  end
   if current >= oldest then
     cf = cf + df
     cc = cc + dc
   end
-  local since = now - window
-  if closed > since then since = closed end
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now - window))
-  co = redis.call('ZCOUNT', KEYS[6], '(' .. fmt(since), '+inf')
-  redis.call('PEXPIRE', KEYS[5], math.floor(window / 500) + 1000)
-  redis.call('PEXPIRE', KEYS[6], math.floor(window / 500) + 1000)
+  if cf > 0 then
+    local since = now - window
+    if closed > since then since = closed end
+    safe('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now - window))
+    co = redis.call('ZCOUNT', KEYS[6], '(' .. fmt(since), '+inf')
+  end
 end
 local changed = 0
 if fmt(ver) ~= ARGV[2] then changed = 1 end
 local out = {now, ver, bad, closed, cf, cc, co, changed}
 if changed == 1 then
-  local all = redis.call('HGETALL', KEYS[2])
+  capped(KEYS[2], 10000)
+  local all = safe('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
     local tr, un = string.match(all[i + 1], '^(%d+):(%d+)$')
     tr = tonumber(tr)
@@ -166,11 +172,10 @@ return out
 ACQUIRE = (
     _PRELUDE
     + """
-check(KEYS[1], 'zset'); check(KEYS[2], 'zset')
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
+safe('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
-local members = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. fmt(now),
+local members = safe('ZRANGEBYSCORE', KEYS[2], '(' .. fmt(now),
   fmt(now + tonumber(ARGV[4])), 'LIMIT', 0, 1000)
 for _, m in ipairs(members) do
   local h = tonumber(string.match(m, '^(%d+)|'))
@@ -194,14 +199,13 @@ return {0, limit, bad}
 SYNC_BUDGET = (
     _PRELUDE
     + """
-check(KEYS[1], 'hash')
 capped(KEYS[1], 10000)
 local width = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local current = math.floor(now / width)
 local oldest = current - math.floor(window / width) + 1
 local dep, wd = 0, 0
-local all = redis.call('HGETALL', KEYS[1])
+local all = safe('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local kind, b = string.match(all[i], '^([dw]):(%d+)$')
   b = tonumber(b)
@@ -221,7 +225,7 @@ local dd = tonumber(ARGV[3])
 local dw = tonumber(ARGV[4])
 if dd ~= 0 then redis.call('HINCRBY', KEYS[1], 'd:' .. fmt(current), dd) end
 if dw ~= 0 then redis.call('HINCRBY', KEYS[1], 'w:' .. fmt(current), dw) end
-redis.call('PEXPIRE', KEYS[1], math.floor(window / 500) + 1000)
+if dd ~= 0 or dw ~= 0 then redis.call('PEXPIRE', KEYS[1], math.floor(window / 500) + 1000) end
 return {now, dep + dd, wd + dw, bad}
 """
 )
@@ -231,9 +235,8 @@ return {now, dep + dd, wd + dw, bad}
 GCRA = (
     _PRELUDE
     + """
-check(KEYS[1], 'string')
 local tau = tonumber(ARGV[2])
-local tat = redis.call('GET', KEYS[1])
+local tat = safe('GET', KEYS[1])
 if tat then
   tat = integer(tat, 0, 2^53)
   if tat == nil then bad = bad + 1 end

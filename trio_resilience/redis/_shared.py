@@ -107,6 +107,7 @@ class _Shared:
         "counted",
         "escaped",
         "event",
+        "heartbeat_at",
         "keys",
         "offset",
         "opened_at",
@@ -129,6 +130,7 @@ class _Shared:
         self.offset: float | None = None  # server time minus Trio time, seconds
         self.rtt = math.inf
         self.rtt_at = -math.inf
+        self.heartbeat_at = -math.inf  # Trio time of the last heartbeat sent
 
 
 def _ms(seconds: float) -> int:
@@ -176,7 +178,7 @@ class SharedState:
         self.rate_limiters = rate_limiters
         self._budget_unsent: dict[str, tuple[int, int]] = {b.name: (0, 0) for b in retry_budgets}
         self._timeout = min(5.0, max(0.25, 4 * sync_interval))
-        self._alive_us = _us(max(1.0, 3 * sync_interval))
+        self._alive_us = _us(max(3.0, 3 * sync_interval))
         self._leases = itertools.count()
         self._releases: dict[tuple[str, str], int] = {}  # (breaker, lease) -> sends left
         self._wake = trio.Event()
@@ -409,6 +411,8 @@ class SharedState:
                 with trio.fail_after(self._timeout):
                     await self._sync()
             except Exception as exc:
+                for shared in self._shared.values():
+                    shared.heartbeat_at = -math.inf
                 if is_down(exc):
                     self._down(exc)
                     start()
@@ -441,6 +445,20 @@ class SharedState:
             self._logger.warning(REDIS_DEGRADED, prefix=self.prefix, error=_describe(error))
 
     # ------------------------------------------------------------ one sync
+
+    #: The longest the block's exit waits to send what is still unsent.
+    exit_flush = 0.5
+
+    async def _flush(self) -> None:
+        """One last sync when trips, closes or releases are still unsent (and Redis up)."""
+        pending = self._releases or any(s.event for s in self._shared.values())
+        if not (pending and self._connected and self._client is not None):
+            return
+        try:
+            await self._sync()
+        except Exception as exc:
+            if not is_down(exc):
+                self._bad("sync", exc)
 
     async def _sync(self) -> None:
         client = self._client
@@ -517,11 +535,15 @@ class SharedState:
                 kind, age = "close", _us(now - event[1])
         window_us = _us(port.failure_window)
         keys = shared.keys
+        heartbeat = 0
+        if now - shared.heartbeat_at >= self._alive_us / _US / 3 or now < shared.heartbeat_at:
+            heartbeat = self._alive_us
+            shared.heartbeat_at = now  # forgotten again if this sync fails
         args: list[Any] = [
             self.origin,
             shared.version,
             port.half_open_max_calls,
-            self._alive_us,
+            heartbeat,
             kind,
             age,
             open_for,
