@@ -189,6 +189,16 @@ if pytest is not None:
         finally:
             server.stop()
 
+    @pytest.fixture
+    def redis_sentinel() -> Iterator[RedisSentinel]:
+        """A primary and one Sentinel that monitors it as ``shop``."""
+        sentinel = RedisSentinel()
+        try:
+            sentinel.start()
+            yield sentinel
+        finally:
+            sentinel.stop()
+
     @pytest.fixture(scope="session")
     def redis_cluster() -> Iterator[RedisCluster]:
         """A real 3-master Redis Cluster on loopback."""
@@ -198,3 +208,37 @@ if pytest is not None:
             yield cluster
         finally:
             cluster.stop()
+
+
+class RedisSentinel:
+    """A primary redis-server watched by one redis-sentinel (service name ``shop``)."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="trio-resilience-sentinel-")
+        self.primary = RedisServer()
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS is not None
+        self.primary.start()
+        config = Path(self._tmp.name) / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor shop 127.0.0.1 {self.primary.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [REDIS, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self._tmp.name,
+        )
+        _wait_listening(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+        self.primary.stop()
+        self._tmp.cleanup()
