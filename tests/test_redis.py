@@ -523,6 +523,35 @@ async def test_redis_down_from_the_start_keeps_breakers_local() -> None:
     assert len(logger.named("trio_resilience.redis.degraded")) == 1
 
 
+async def test_a_trip_made_while_redis_is_down_is_sent_on_reconnect(
+    redis_server: RedisServer,
+) -> None:
+    """Redis goes away and comes back: degraded and recovered are logged once each, and a
+    trip made meanwhile reaches the other sharer after the reconnect."""
+    prefix = fresh()
+    logger = Capture()
+    a = CircuitBreaker("db", failure_threshold=1)
+    b = CircuitBreaker("db", failure_threshold=1)
+    common: dict[str, Any] = {"prefix": prefix, "sync_interval": 0.05, "trip_quorum": 1}
+    async with (
+        open_shared_state(redis_server.url, a, logger=logger, **common) as sa,
+        open_shared_state(redis_server.url, b, **common) as sb,
+    ):
+        redis_server.stop()
+        await wait_for(lambda: not sa.statistics().connected)
+        await trip(a)
+        await trio.sleep(0.2)
+        assert b.state is CircuitState.CLOSED
+        redis_server.start()
+        await wait_for(lambda: b.state is CircuitState.OPEN, limit=5.0)
+        assert sa.statistics().published == 1
+        assert sb.statistics().connected
+    assert [e for e, _ in logger.events if e.startswith("trio_resilience.redis.")] == [
+        "trio_resilience.redis.degraded",
+        "trio_resilience.redis.recovered",
+    ]
+
+
 async def test_late_joiner_reads_the_shared_trips(shared_server: RedisServer) -> None:
     """A process that joins after two trips reads them and opens until the deadline."""
     prefix = fresh()

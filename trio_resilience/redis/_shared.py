@@ -317,7 +317,8 @@ class SharedState:
 
         async def decide(cost: float) -> float | None:
             if not self._connected or self._client is None:
-                return None  # Redis down: the limiter decides locally at its full rate
+                # The limiter decides locally at its full rate (and logs it once).
+                raise cx.ConnectionError("Redis is unreachable: deciding locally")
             self._round_trips += 1
             try:
                 reply = await self._evalsha(
@@ -621,10 +622,7 @@ class SharedState:
         assert offset is not None
         now = trio.current_time()
         port = shared.port
-        if changed:
-            shared.version = str(version)
-            self._apply_trips(shared, items[8:], server_us, offset, now)
-        if closed > shared.closed_seen:
+        if closed > shared.closed_seen and closed > 0:
             shared.closed_seen = closed
             close_at = closed / _US - offset
             if (
@@ -637,6 +635,9 @@ class SharedState:
                 and port.close_remote("remote_close")
             ):
                 self._received += 1
+        if changed:
+            shared.version = str(version)
+            self._apply_trips(shared, items[8:], server_us, offset, now)
         if (
             self.share_counts
             and port.state is CircuitState.CLOSED
