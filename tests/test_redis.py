@@ -269,6 +269,42 @@ async def test_a_stall_never_orphans_a_probe_lease(redis_server: RedisServer) ->
         assert isinstance(lease, str)  # the stalled request's lease was released
 
 
+async def test_a_cancellation_storm_leaves_no_permit_or_lease(shared_server: RedisServer) -> None:
+    """Fifty probes cancelled at random points (while waiting for the cluster permit or
+    while running) give back every local permit, and every lease is released."""
+    import random
+
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    rng = random.Random(18)
+    breaker = CircuitBreaker("db", half_open_max_calls=3, success_threshold=10_000)
+    client = raw(shared_server)
+    async with (
+        client,
+        open_shared_state(
+            shared_server.url, breaker, prefix=prefix, sync_interval=0.05, permit_timeout=0.5
+        ),
+    ):
+        set_breaker_state(breaker, "half_open")
+
+        async def probe(delay: float, hold: float) -> None:
+            with trio.move_on_after(delay):
+                try:
+                    async with breaker:
+                        await trio.sleep(hold)
+                except CircuitOpenError:
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(probe, rng.uniform(0, 0.01), rng.uniform(0, 0.02))
+        assert breaker.statistics().half_open_in_flight == 0
+        assert breaker.statistics().total_calls >= 3  # leases were taken
+        await trio.sleep(0.3)
+        assert await client.zcard(f"{{{prefix}:db}}:probes") == 0
+
+
 async def test_names_that_share_a_prefix_never_collide(shared_server: RedisServer) -> None:
     """Breakers named "db" and "db:probes" (and "{x}") get their own keys and trips."""
     prefix = fresh()
@@ -447,7 +483,8 @@ async def test_one_round_trip_per_sync_for_all_breakers_and_budgets(
         after = shared.statistics()
     syncs = after.syncs - before.syncs
     assert syncs >= 5
-    assert after.round_trips - before.round_trips == syncs
+    # A sync in flight at a snapshot has counted its round trip but not yet itself.
+    assert syncs <= after.round_trips - before.round_trips <= syncs + 1
 
 
 async def test_retry_budget_counts_are_shared_by_name(shared_server: RedisServer) -> None:
