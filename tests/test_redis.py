@@ -288,7 +288,8 @@ async def test_a_cancellation_storm_leaves_no_permit_or_lease(shared_server: Red
     ):
         set_breaker_state(breaker, "half_open")
 
-        async def probe(delay: float, hold: float) -> None:
+        async def probe(start: float, delay: float, hold: float) -> None:
+            await trio.sleep(start)
             with trio.move_on_after(delay):
                 try:
                     async with breaker:
@@ -298,7 +299,12 @@ async def test_a_cancellation_storm_leaves_no_permit_or_lease(shared_server: Red
 
         async with trio.open_nursery() as nursery:
             for _ in range(50):
-                nursery.start_soon(probe, rng.uniform(0, 0.01), rng.uniform(0, 0.02))
+                start, delay, hold = (
+                    rng.uniform(0, 0.1),
+                    rng.uniform(0, 0.01),
+                    rng.uniform(0, 0.02),
+                )
+                nursery.start_soon(probe, start, delay, hold)
         assert breaker.statistics().half_open_in_flight == 0
         assert breaker.statistics().total_calls >= 3  # leases were taken
         await trio.sleep(0.3)
