@@ -425,6 +425,27 @@ async def test_one_sick_process_never_opens_the_others(shared_server: RedisServe
         assert 29.0 < watcher.retry_after <= 30.0
 
 
+async def test_trips_travel_by_hint_long_before_the_next_sync(
+    shared_server: RedisServer,
+) -> None:
+    """With a 5 s sync interval, a trip still reaches the other sharer at once (within
+    milliseconds; 0.5 s allows for a loaded machine): the pub/sub hint starts a sync."""
+    prefix = fresh()
+    a = CircuitBreaker("db", failure_threshold=1)
+    b = CircuitBreaker("db", failure_threshold=1)
+    common: dict[str, Any] = {"prefix": prefix, "sync_interval": 5.0, "trip_quorum": 1}
+    async with (
+        open_shared_state(shared_server.url, a, **common),
+        open_shared_state(shared_server.url, b, **common) as sb,
+    ):
+        await wait_for(lambda: sb.statistics().subscribed)
+        await trio.sleep(0.1)
+        await trip(a)
+        took = await wait_for(lambda: b.state is CircuitState.OPEN)
+        assert took < 0.5
+        assert sb.statistics().syncs == 2  # the first, and the one the hint started
+
+
 async def test_the_cluster_runs_the_smallest_half_open_max_calls(
     shared_server: RedisServer,
 ) -> None:
