@@ -38,132 +38,153 @@ local function integer(v, low, high)
 end
 """
 
-# KEYS: state, trips, sharers, probes, counts, origins.
+# Per breaker, KEYS: state, trips, sharers, probes, counts, origins.
 # ARGV: 1 origin, 2 seen version, 3 half_open_max_calls, 4 heartbeat alive us ('0': no
 # heartbeat this sync), 5 event ('', 'trip', 'close'), 6 event age us, 7 open for us,
 # 8 channel, 9 message, 10 share counts ('0'/'1'), 11 window us, 12 width us, 13 new
 # failures, 14 new calls, 15 number of leases to release, 16.. the lease ids.
 # Reply: now, version, bad, closed_us, failures, calls, failing origins, changed,
 # then (when the version changed) origin, trip_us, until_us triples.
-# In the steady state it runs TIME and one HMGET (and a heartbeat now and then).
-SYNC_BREAKER = (
+# In the steady state it runs one HMGET per breaker (and a heartbeat now and then).
+#
+# Many breakers go in one call (one TIME): KEYS in groups of six; ARGV[1] is the number
+# of breakers, then for each breaker the count of its arguments and the arguments.
+# Reply: for each breaker, the length of its reply, then that reply.
+SYNC_BREAKERS = (
     _PRELUDE
     + """
-local day = 86400000000
-local origin = ARGV[1]
-local fields = safe('HMGET', KEYS[1], 'ver', 'closed_us')
-local ver, closed = 0, 0
-if fields[1] then
-  ver = integer(fields[1], 0, 2^52)
-  if ver == nil then redis.call('HDEL', KEYS[1], 'ver'); ver = 0; bad = bad + 1 end
-end
-if fields[2] then
-  closed = integer(fields[2], 0, now + 1000000)
-  if closed == nil then redis.call('HDEL', KEYS[1], 'closed_us'); closed = 0; bad = bad + 1 end
-end
-local nrel = tonumber(ARGV[15]) or 0
-for i = 1, nrel do safe('ZREM', KEYS[4], ARGV[15 + i]) end
-local alive = tonumber(ARGV[4])
-if alive > 0 then
-  safe('ZADD', KEYS[3], fmt(now + alive), ARGV[3] .. '|' .. origin)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
-  redis.call('PEXPIRE', KEYS[3], 201000)
-end
-local event = ARGV[5]
-if event ~= '' then
-  local at = now - tonumber(ARGV[6])
-  capped(KEYS[2], 10000)
-  if event == 'trip' then
-    safe('HSET', KEYS[2], origin, fmt(at) .. ':' .. fmt(at + tonumber(ARGV[7])))
-  else
-    local all = safe('HGETALL', KEYS[2])
+local function sync_one(K, A)
+  bad = 0
+  local day = 86400000000
+  local origin = A[1]
+  local fields = safe('HMGET', K[1], 'ver', 'closed_us')
+  local ver, closed = 0, 0
+  if fields[1] then
+    ver = integer(fields[1], 0, 2^52)
+    if ver == nil then redis.call('HDEL', K[1], 'ver'); ver = 0; bad = bad + 1 end
+  end
+  if fields[2] then
+    closed = integer(fields[2], 0, now + 1000000)
+    if closed == nil then redis.call('HDEL', K[1], 'closed_us'); closed = 0; bad = bad + 1 end
+  end
+  local nrel = tonumber(A[15]) or 0
+  for i = 1, nrel do safe('ZREM', K[4], A[15 + i]) end
+  local alive = tonumber(A[4])
+  if alive > 0 then
+    safe('ZADD', K[3], fmt(now + alive), A[3] .. '|' .. origin)
+    redis.call('ZREMRANGEBYSCORE', K[3], '-inf', fmt(now))
+    redis.call('PEXPIRE', K[3], 201000)
+  end
+  local event = A[5]
+  if event ~= '' then
+    local at = now - tonumber(A[6])
+    capped(K[2], 10000)
+    if event == 'trip' then
+      safe('HSET', K[2], origin, fmt(at) .. ':' .. fmt(at + tonumber(A[7])))
+    else
+      local all = safe('HGETALL', K[2])
+      for i = 1, #all, 2 do
+        local tr = tonumber(string.match(all[i + 1], '^(%d+):'))
+        if tr == nil or tr <= at then redis.call('HDEL', K[2], all[i]) end
+      end
+      redis.call('DEL', K[4])
+      if at > closed then
+        closed = at
+        redis.call('HSET', K[1], 'closed_us', fmt(at))
+      end
+    end
+    ver = ver + 1
+    redis.call('HSET', K[1], 'ver', fmt(ver))
+    redis.call('PEXPIRE', K[1], day / 1000)
+    redis.call('PEXPIRE', K[2], day / 1000)
+    redis.call('PUBLISH', A[8], A[9])
+  end
+  local cf, cc, co = 0, 0, 0
+  if A[10] == '1' then
+    capped(K[5], 10000)
+    local window = tonumber(A[11])
+    local width = tonumber(A[12])
+    local current = math.floor(now / width)
+    local oldest = current - math.floor(window / width) + 1
+    local cleared = math.floor(closed / width)
+    if oldest <= cleared then oldest = cleared + 1 end
+    local all = safe('HGETALL', K[5])
     for i = 1, #all, 2 do
-      local tr = tonumber(string.match(all[i + 1], '^(%d+):'))
-      if tr == nil or tr <= at then redis.call('HDEL', KEYS[2], all[i]) end
+      local kind, b = string.match(all[i], '^([fc]):(%d+)$')
+      b = tonumber(b)
+      local v = integer(all[i + 1], 0, 1e12)
+      if kind == nil or b == nil or v == nil or b > current then
+        redis.call('HDEL', K[5], all[i])
+        bad = bad + 1
+      elseif b < oldest then
+        redis.call('HDEL', K[5], all[i])
+      elseif kind == 'f' then
+        cf = cf + v
+      else
+        cc = cc + v
+      end
     end
-    redis.call('DEL', KEYS[4])
-    if at > closed then
-      closed = at
-      redis.call('HSET', KEYS[1], 'closed_us', fmt(at))
+    local df = tonumber(A[13])
+    local dc = tonumber(A[14])
+    if df > 0 then
+      redis.call('HINCRBY', K[5], 'f:' .. fmt(current), df)
+      safe('ZADD', K[6], fmt(now), origin)
+    end
+    if dc > 0 then redis.call('HINCRBY', K[5], 'c:' .. fmt(current), dc) end
+    if df > 0 or dc > 0 then
+      redis.call('PEXPIRE', K[5], math.floor(window / 500) + 1000)
+      redis.call('PEXPIRE', K[6], math.floor(window / 500) + 1000)
+    end
+    if current >= oldest then
+      cf = cf + df
+      cc = cc + dc
+    end
+    if cf > 0 then
+      local since = now - window
+      if closed > since then since = closed end
+      safe('ZREMRANGEBYSCORE', K[6], '-inf', fmt(now - window))
+      co = redis.call('ZCOUNT', K[6], '(' .. fmt(since), '+inf')
     end
   end
-  ver = ver + 1
-  redis.call('HSET', KEYS[1], 'ver', fmt(ver))
-  redis.call('PEXPIRE', KEYS[1], day / 1000)
-  redis.call('PEXPIRE', KEYS[2], day / 1000)
-  redis.call('PUBLISH', ARGV[8], ARGV[9])
+  local changed = 0
+  if fmt(ver) ~= A[2] then changed = 1 end
+  local out = {now, ver, bad, closed, cf, cc, co, changed}
+  if changed == 1 then
+    capped(K[2], 10000)
+    local all = safe('HGETALL', K[2])
+    for i = 1, #all, 2 do
+      local tr, un = string.match(all[i + 1], '^(%d+):(%d+)$')
+      tr = tonumber(tr)
+      un = tonumber(un)
+      if tr == nil or un == nil or tr > now + 1000000 or un < tr or un > 2^53 then
+        redis.call('HDEL', K[2], all[i])
+        bad = bad + 1
+      elseif tr + day < now then
+        redis.call('HDEL', K[2], all[i])
+      else
+        table.insert(out, all[i])
+        table.insert(out, tr)
+        table.insert(out, un)
+      end
+    end
+    out[3] = bad
+  end
+  return out
 end
-local cf, cc, co = 0, 0, 0
-if ARGV[10] == '1' then
-  capped(KEYS[5], 10000)
-  local window = tonumber(ARGV[11])
-  local width = tonumber(ARGV[12])
-  local current = math.floor(now / width)
-  local oldest = current - math.floor(window / width) + 1
-  local cleared = math.floor(closed / width)
-  if oldest <= cleared then oldest = cleared + 1 end
-  local all = safe('HGETALL', KEYS[5])
-  for i = 1, #all, 2 do
-    local kind, b = string.match(all[i], '^([fc]):(%d+)$')
-    b = tonumber(b)
-    local v = integer(all[i + 1], 0, 1e12)
-    if kind == nil or b == nil or v == nil or b > current then
-      redis.call('HDEL', KEYS[5], all[i])
-      bad = bad + 1
-    elseif b < oldest then
-      redis.call('HDEL', KEYS[5], all[i])
-    elseif kind == 'f' then
-      cf = cf + v
-    else
-      cc = cc + v
-    end
-  end
-  local df = tonumber(ARGV[13])
-  local dc = tonumber(ARGV[14])
-  if df > 0 then
-    redis.call('HINCRBY', KEYS[5], 'f:' .. fmt(current), df)
-    safe('ZADD', KEYS[6], fmt(now), origin)
-  end
-  if dc > 0 then redis.call('HINCRBY', KEYS[5], 'c:' .. fmt(current), dc) end
-  if df > 0 or dc > 0 then
-    redis.call('PEXPIRE', KEYS[5], math.floor(window / 500) + 1000)
-    redis.call('PEXPIRE', KEYS[6], math.floor(window / 500) + 1000)
-  end
-  if current >= oldest then
-    cf = cf + df
-    cc = cc + dc
-  end
-  if cf > 0 then
-    local since = now - window
-    if closed > since then since = closed end
-    safe('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now - window))
-    co = redis.call('ZCOUNT', KEYS[6], '(' .. fmt(since), '+inf')
-  end
+local result = {}
+local ki, ai = 1, 2
+for g = 1, tonumber(ARGV[1]) do
+  local K = {KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], KEYS[ki + 3], KEYS[ki + 4], KEYS[ki + 5]}
+  local n = tonumber(ARGV[ai])
+  local A = {}
+  for j = 1, n do A[j] = ARGV[ai + j] end
+  local out = sync_one(K, A)
+  table.insert(result, #out)
+  for _, v in ipairs(out) do table.insert(result, v) end
+  ki = ki + 6
+  ai = ai + n + 1
 end
-local changed = 0
-if fmt(ver) ~= ARGV[2] then changed = 1 end
-local out = {now, ver, bad, closed, cf, cc, co, changed}
-if changed == 1 then
-  capped(KEYS[2], 10000)
-  local all = safe('HGETALL', KEYS[2])
-  for i = 1, #all, 2 do
-    local tr, un = string.match(all[i + 1], '^(%d+):(%d+)$')
-    tr = tonumber(tr)
-    un = tonumber(un)
-    if tr == nil or un == nil or tr > now + 1000000 or un < tr or un > 2^53 then
-      redis.call('HDEL', KEYS[2], all[i])
-      bad = bad + 1
-    elseif tr + day < now then
-      redis.call('HDEL', KEYS[2], all[i])
-    else
-      table.insert(out, all[i])
-      table.insert(out, tr)
-      table.insert(out, un)
-    end
-  end
-  out[3] = bad
-end
-return out
+return result
 """
 )
 

@@ -178,7 +178,7 @@ class SharedState:
         self.rate_limiters = rate_limiters
         self._budget_unsent: dict[str, tuple[int, int]] = {b.name: (0, 0) for b in retry_budgets}
         self._timeout = min(5.0, max(0.25, 4 * sync_interval))
-        self._alive_us = _us(max(3.0, 3 * sync_interval))
+        self._alive_us = _us(max(15.0, 3 * sync_interval))
         self._leases = itertools.count()
         self._releases: dict[tuple[str, str], int] = {}  # (breaker, lease) -> sends left
         self._wake = trio.Event()
@@ -198,7 +198,7 @@ class SharedState:
         self._scripts: dict[str, str] = {}
         self._sha: dict[str, str] = {}
         for name, body in (
-            ("sync", _lua.SYNC_BREAKER),
+            ("sync", _lua.SYNC_BREAKERS),
             ("acquire", _lua.ACQUIRE),
             ("budget", _lua.SYNC_BUDGET),
             ("gcra", _lua.GCRA),
@@ -473,10 +473,26 @@ class SharedState:
         for name, lease in releases:
             by_breaker.setdefault(name, []).append(lease)
         commands: list[tuple[str, list[Any], list[Any]]] = []
-        for shared in self._shared.values():
-            keys, args, sent = self._breaker_args(shared, now, by_breaker.get(shared.breaker.name))
+        # One script for every breaker on one server; one per breaker on a Cluster
+        # (each script's keys must be in one slot), all in one pipeline.
+        groups: list[list[_Shared]] = (
+            [[s] for s in self._shared.values()]
+            if isinstance(client, coredis.RedisCluster)
+            else [list(self._shared.values())]
+        )
+        for group in groups:
+            if not group:
+                continue
+            keys: list[Any] = []
+            args: list[Any] = [len(group)]
+            sent: list[tuple[_Shared, Any]] = []
+            for shared in group:
+                k, a, event = self._breaker_args(shared, now, by_breaker.get(shared.breaker.name))
+                keys += k
+                args += [len(a), *a]
+                sent.append((shared, event))
             commands.append(("sync", keys, args))
-            plan.append(("breaker", shared, sent))
+            plan.append(("breakers", sent, None))
         for budget in self.retry_budgets:
             delta = budget.take_sync_delta()
             old_dep, old_wd = self._budget_unsent[budget.name]
@@ -502,17 +518,33 @@ class SharedState:
                 del self._releases[item]
             elif left is not None:
                 self._releases[item] = left - 1
-        for (kind, target, sent), reply in zip(plan, replies, strict=True):
-            if kind == "breaker":
-                if sent is not None and target.event is sent:
-                    target.event = None
-                    self._published += 1
-                self._apply_breaker(target, reply, before, after)
+        for (kind, target, _), reply in zip(plan, replies, strict=True):
+            if kind == "breakers":
+                parts = self._split(reply, len(target))
+                for (shared, event), part in zip(target, parts, strict=True):
+                    if event is not None and shared.event is event:
+                        shared.event = None
+                        self._published += 1
+                    self._apply_breaker(shared, part, before, after)
             else:
                 self._budget_unsent[target.name] = (0, 0)
                 self._apply_budget(target, reply)
         self._syncs += 1
         self._last_sync = trio.current_time()
+
+    def _split(self, reply: Any, count: int) -> list[Any]:
+        """Cut a many-breaker reply (length, items, length, items ...) into ``count``
+        replies; anything that does not fit gives None (malformed) for the rest."""
+        items = _trust.reply_list(reply, 0, 10_000_000)
+        parts: list[Any] = []
+        i = 0
+        while items is not None and len(parts) < count:
+            length = _trust.integer(items[i], 0, len(items)) if i < len(items) else None
+            if length is None or i + 1 + length > len(items):
+                break
+            parts.append(items[i + 1 : i + 1 + length])
+            i += 1 + length
+        return parts + [None] * (count - len(parts))
 
     def _breaker_args(
         self, shared: _Shared, now: float, releases: list[str] | None
