@@ -55,3 +55,18 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("trio_resilience").joinpath("py.typed").is_file()
+
+
+def test_admission_control_names_are_exported() -> None:
+    """The admission-control policies and their statistics are public."""
+    expected = {
+        "AdaptiveConcurrency",
+        "AdaptiveConcurrencyStatistics",
+        "AdaptiveThrottle",
+        "AdaptiveThrottleStatistics",
+        "Hedge",
+        "HedgeStatistics",
+        "RateLimiter",
+        "RateLimiterStatistics",
+    }
+    assert expected <= set(trio_resilience.__all__)

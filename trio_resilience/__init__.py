@@ -25,6 +25,7 @@ from ._breaker import (
 )
 from ._budget import LoopBudget, LoopBudgetStatistics, budgeted
 from ._classify import ExceptionSpec
+from ._concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
 from ._exceptions import (
     BulkheadFullError,
     CircuitOpenError,
@@ -35,6 +36,7 @@ from ._exceptions import (
     RetryError,
     ThrottledError,
 )
+from ._hedge import Hedge, HedgeStatistics
 from ._pipeline import (
     Bulkhead,
     FailAfter,
@@ -59,10 +61,15 @@ from ._shedding import (
     ShedSendChannel,
     open_shedding_channel,
 )
+from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveConcurrency",
+    "AdaptiveConcurrencyStatistics",
+    "AdaptiveThrottle",
+    "AdaptiveThrottleStatistics",
     "Attempt",
     "Backoff",
     "BreakerRegistry",
@@ -84,6 +91,8 @@ __all__ = [
     "FibonacciBackoff",
     "FullJitterBackoff",
     "GuardedNursery",
+    "Hedge",
+    "HedgeStatistics",
     "LinearBackoff",
     "LoadShedError",
     "LoopBudget",

@@ -19,11 +19,12 @@ would end past ``max_wait`` or the caller's deadline fails fast with
 :meth:`RateLimiter.attach_remote` installs an async ``decide(cost)`` hook that makes
 the admission decision elsewhere (GCRA in Lua on the Redis server's clock). The
 hook returns ``0.0`` (or any number ``<= 0``) when the cost was admitted, or a
-positive finite number of seconds after which to ask again. It is bounded by
-``timeout``; when it raises, times out or answers anything else (None, NaN, inf,
-a bool, a str ...), that acquisition falls back to the local GCRA at the full local
-rate. Admissions the remote grants are also recorded in the local ``tat`` (capped
-at a full bucket), so the fallback continues smoothly.
+positive number of seconds after which to ask again (at most ``cost * period /
+rate``, the longest a conforming GCRA with these parameters can ask for). It is
+bounded by ``timeout``; when it raises, times out or answers anything else (None,
+NaN, inf, a longer wait, a bool, a str ...), that acquisition falls back to the
+local GCRA at the full local rate. Admissions the remote grants are also recorded
+in the local ``tat`` (capped at a full bucket), so the fallback continues smoothly.
 """
 
 from __future__ import annotations
@@ -192,9 +193,10 @@ class RateLimiter:
         """Let ``await decide(cost)`` make the admission decisions (e.g. GCRA on Redis).
 
         ``decide`` returns a number ``<= 0`` when the cost was admitted remotely, or a
-        positive finite number of seconds after which the head of the queue asks
-        again. Each call is bounded by ``timeout`` seconds; an exception, a time-out
-        or any other answer makes that acquisition fall back to the local GCRA.
+        positive number of seconds (at most ``cost * period / rate``) after which
+        the head of the queue asks again. Each call is bounded by ``timeout``
+        seconds; an exception, a time-out or any other answer makes that
+        acquisition fall back to the local GCRA.
         Replaces an earlier hook.
 
         Raises:
@@ -296,15 +298,23 @@ class RateLimiter:
         in the queue leaves no reservation: the cost it would have taken stays free,
         and it wakes the next waiter only if it was at the head.
         """
-        cost = self._check_cost(cost)
+        if type(cost) is not int or not 0 < cost <= self.burst:
+            cost = self._check_cost(cost)
         await trio.lowlevel.checkpoint_if_cancelled()
-        now = self._now()
+        now = trio.current_time()
+        if run_token() is not self._token:
+            self._now()
         if self._remote is None and not self._queue:
-            wait = self._delay(cost, now)
-            if wait <= _EPSILON:
-                self._admit(cost, now)
+            tat = self._tat if self._tat > now else now
+            new_tat = tat + cost * self._emission
+            if new_tat - self._tau - now <= _EPSILON:
+                # Admitted at once: the hot path.
+                self._tat = new_tat
+                self._admitted += 1
+                self._admitted_cost += cost
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            wait = new_tat - self._tau - now
         else:
             wait = self._delay(cost, now) if self._remote is None else 0.0
         if wait > _EPSILON and self._too_long(wait, now):
@@ -389,6 +399,7 @@ class RateLimiter:
             and isinstance(answer, int | float)
             and not isinstance(answer, bool)
             and math.isfinite(answer)
+            and answer <= cost * self._emission * (1 + 1e-6) + 1e-3
         ):
             if self._remote_down:
                 self._remote_down = False
