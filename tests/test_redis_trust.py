@@ -247,3 +247,24 @@ def test_describe_survives_a_raising_repr() -> None:
 
     assert _shared._describe(Nasty()) == "<unrepresentable Nasty>"
     assert len(_shared._describe("x" * 1000)) == 200
+
+
+def test_pending_releases_are_bounded() -> None:
+    """However many releases wait for a sync, at most 10,000 are kept (oldest dropped)."""
+    breaker = CircuitBreaker("db")
+    shared = state(breaker)
+    for i in range(10_005):
+        shared.release(breaker, f"lease-{i}")
+    assert len(shared._releases) == 10_000
+    assert ("db", "lease-0") not in shared._releases
+    assert ("db", "lease-10004") in shared._releases
+
+
+def test_a_many_breaker_reply_is_cut_per_breaker() -> None:
+    """The reply of the one-script-for-all sync is split by its lengths; a reply that
+    does not add up gives None (malformed) for the breakers it cannot cover."""
+    shared = state()
+    assert shared._split([2, "a", "b", 1, "c"], 2) == [["a", "b"], ["c"]]
+    assert shared._split([2, "a", "b", 5, "c"], 2) == [["a", "b"], None]
+    assert shared._split([True, "a"], 1) == [None]
+    assert shared._split(ValueError("x"), 2) == [None, None]

@@ -40,6 +40,8 @@ _DAY_US = 86_400 * _US
 _LIVENESS_HORIZON_US = 200 * _US
 #: Early syncs (after hints) are at least this far apart: a flood of hints is cheap.
 _MIN_GAP = 0.01
+#: Lease releases waiting for a sync, at most.
+_MAX_RELEASES = 10_000
 _REMOTE_REASONS = frozenset({"remote_trip", "remote_close", "shared_failures", "quorum"})
 
 # Errors that mean Redis is unreachable, slow or unusable (never a data problem).
@@ -302,11 +304,17 @@ class SharedState:
             return None
         finally:
             if not granted:
-                self._releases[(breaker.name, lease)] = 3
+                self._post_release(breaker.name, lease, 3)
 
     def release(self, breaker: CircuitBreaker, lease: str) -> None:
         """Give a probe permit back (with the next sync; it expires anyway)."""
-        self._releases[(breaker.name, lease)] = 1
+        self._post_release(breaker.name, lease, 1)
+
+    def _post_release(self, name: str, lease: str, sends: int) -> None:
+        releases = self._releases
+        if len(releases) >= _MAX_RELEASES:  # bounded: the oldest expire on their own
+            del releases[next(iter(releases))]
+        releases[(name, lease)] = sends
 
     # ------------------------------------------------------------ rate limiters
 
@@ -414,6 +422,10 @@ class SharedState:
             except Exception as exc:
                 for shared in self._shared.values():
                     shared.heartbeat_at = -math.inf
+                # Budget counts of a failed sync are dropped, not sent late into a
+                # newer bucket (the local budget still has them).
+                for name in self._budget_unsent:
+                    self._budget_unsent[name] = (0, 0)
                 if is_down(exc):
                     self._down(exc)
                     start()
