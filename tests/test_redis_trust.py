@@ -11,7 +11,7 @@ import trio
 coredis = pytest.importorskip("coredis")
 
 from trio_resilience import CircuitBreaker, CircuitState, RetryBudget  # noqa: E402
-from trio_resilience.redis import SharedState, _shared, _trust, escape  # noqa: E402  # noqa: E402
+from trio_resilience.redis import SharedState, _errors, _trust, escape  # noqa: E402
 from trio_resilience.redis._keys import BreakerKeys, budget_key, channel, limiter_key  # noqa: E402
 
 
@@ -102,14 +102,14 @@ def test_down_errors_and_data_errors_are_told_apart() -> None:
         cx.ClusterDownError("x"),
         ExceptionGroup("g", [OSError(), TimeoutError()]),
     ):
-        assert _shared.is_down(down), down
+        assert _errors.is_down(down), down
     for data in (
         cx.ResponseError("WRONGTYPE"),
         cx.NoScriptError("x"),
         ValueError(),
         ExceptionGroup("g", [OSError(), ValueError()]),
     ):
-        assert not _shared.is_down(data), data
+        assert not _errors.is_down(data), data
 
 
 async def test_malformed_replies_change_nothing_and_are_counted() -> None:
@@ -245,8 +245,8 @@ def test_describe_survives_a_raising_repr() -> None:
         def __repr__(self) -> str:
             raise RuntimeError("no")
 
-    assert _shared._describe(Nasty()) == "<unrepresentable Nasty>"
-    assert len(_shared._describe("x" * 1000)) == 200
+    assert _errors.describe(Nasty()) == "<unrepresentable Nasty>"
+    assert len(_errors.describe("x" * 1000)) == 200
 
 
 def test_pending_releases_are_bounded() -> None:

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import coredis
 import coredis.exceptions as cx
 import coredis.retry
@@ -28,6 +27,7 @@ from .._log import get_logger
 from .._ratelimit import RateLimiter
 from .._retry_budget import RetryBudget
 from . import _keys, _lua, _trust
+from ._errors import describe, is_down, only_errors
 
 REDIS_DEGRADED = "trio_resilience.redis.degraded"
 REDIS_RECOVERED = "trio_resilience.redis.recovered"
@@ -43,37 +43,6 @@ _MIN_GAP = 0.01
 #: Lease releases waiting for a sync, at most.
 _MAX_RELEASES = 10_000
 _REMOTE_REASONS = frozenset({"remote_trip", "remote_close", "shared_failures", "quorum"})
-
-# Errors that mean Redis is unreachable, slow or unusable (never a data problem).
-_DOWN = (
-    cx.ConnectionError,
-    cx.ClusterDownError,
-    cx.TryAgainError,
-    cx.AskError,
-    cx.ClusterError,
-    cx.ClusterRoutingError,
-    cx.ClusterResponseError,
-    cx.AuthenticationError,
-    cx.AuthorizationError,
-    cx.ReadOnlyError,
-    cx.SentinelError,
-    cx.PubSubError,
-    TimeoutError,
-    OSError,
-    EOFError,
-    trio.TooSlowError,
-    anyio.ClosedResourceError,
-    anyio.BrokenResourceError,
-    anyio.EndOfStream,
-    RuntimeError,  # e.g. a command on a pool that was closed under it
-)
-
-
-def is_down(exc: BaseException) -> bool:
-    """Whether ``exc`` (or every leaf of a group) says Redis is unreachable or slow."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_down(e) for e in exc.exceptions)
-    return isinstance(exc, _DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +371,7 @@ class SharedState:
                 self._client = None
                 if self._closing:
                     return
-                if isinstance(exc, trio.Cancelled) or not _only_errors(exc):
+                if isinstance(exc, trio.Cancelled) or not only_errors(exc):
                     raise
                 self._down(exc)
             start()
@@ -455,7 +424,7 @@ class SharedState:
         self._connected = False
         if self._degraded_since is None:
             self._degraded_since = trio.current_time()
-            self._logger.warning(REDIS_DEGRADED, prefix=self.prefix, error=_describe(error))
+            self._logger.warning(REDIS_DEGRADED, prefix=self.prefix, error=describe(error))
 
     # ------------------------------------------------------------ one sync
 
@@ -794,7 +763,7 @@ class SharedState:
                 REDIS_MALFORMED,
                 prefix=self.prefix,
                 key=where,
-                value=_describe(value),
+                value=describe(value),
                 count=self._malformed_unlogged,
             )
             self._malformed_unlogged = 0
@@ -805,20 +774,6 @@ def _now_or(default: float) -> float:
         return trio.current_time()
     except RuntimeError:
         return default
-
-
-def _only_errors(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_errors(e) for e in exc.exceptions)
-    return isinstance(exc, Exception)
-
-
-def _describe(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__name__}>"
-    return text[:200]
 
 
 def _sha1(body: str) -> str:
