@@ -369,36 +369,49 @@ async def test_differing_configurations_never_delete_each_others_counts(
 
 
 async def test_extreme_accepted_values_never_crash_a_call(shared_server: RedisServer) -> None:
-    """The largest accepted settings and breaker values work; out-of-range ones are a
-    ValueError at once, never an OverflowError later."""
+    """The largest finite settings and breaker values are accepted and work; NaN, inf,
+    zero and bools are refused at once (ValueError or TypeError, never OverflowError)."""
     prefix = fresh()
     a = CircuitBreaker("db", failure_threshold=1, failure_window=1e12, recovery_timeout=1e12)
     b = CircuitBreaker("db", failure_threshold=1, failure_window=1e12, recovery_timeout=1e12)
     extreme: dict[str, Any] = {
         "prefix": prefix,
-        "permit_lease": 86_400,
-        "permit_timeout": 10,
-        "trip_quorum": 1,
+        "permit_lease": 1e300,
+        "permit_timeout": 1e300,
+        "trip_quorum": 2**62,
     }
     async with (
-        open_shared_state(shared_server.url, a, sync_interval=60, **extreme),
-        open_shared_state(shared_server.url, b, sync_interval=1e-6, **extreme) as sb,
+        open_shared_state(shared_server.url, a, sync_interval=1e300, **extreme),
+        open_shared_state(shared_server.url, b, sync_interval=1e-300, **extreme) as sb,
     ):
         await trip(a)
-        await wait_for(lambda: b.state is CircuitState.OPEN)
+        await trio.sleep(0.2)
         with pytest.raises(CircuitOpenError):
-            await b.call(trio.sleep, 0)
+            await a.call(trio.sleep, 0)
+        assert await b.call(trio.sleep, 0) is None  # a quorum of 2**62 is never met
         assert sb.statistics().connected
+    async with (
+        open_shared_state(shared_server.url, a, prefix=fresh(), trip_quorum=1),
+        open_shared_state(
+            shared_server.url, b, prefix=fresh(), permit_lease=1e300, permit_timeout=1e300
+        ) as sb,
+    ):
+        from trio_resilience.testing import set_breaker_state
+
+        set_breaker_state(b, "half_open")
+        assert await b.call(trio.sleep, 0) is None  # a probe with a 1e300 s lease
     for name, value in (
         ("permit_lease", math.inf),
-        ("permit_lease", 1e300),
         ("sync_interval", math.nan),
-        ("permit_timeout", 11),
+        ("permit_timeout", 0),
         ("trip_quorum", 0),
     ):
         with pytest.raises(ValueError, match=rf"^{name} must "):
             async with open_shared_state(shared_server.url, **{name: value}):
                 pass
+    with pytest.raises(TypeError, match=r"^sync_interval must be a number, got True$"):
+        async with open_shared_state(shared_server.url, sync_interval=True):
+            pass
 
 
 # ------------------------------------------------------------------ the contract

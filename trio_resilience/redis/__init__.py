@@ -79,12 +79,12 @@ async def open_shared_state(
             clock), matched by name; each falls back to its full local rate while
             Redis is down.
         prefix: namespace of every key and of the pub/sub channel.
-        sync_interval: seconds between syncs (0 < x <= 60).
+        sync_interval: seconds between syncs (> 0; used within 1 ms and an hour).
         share_counts: also trip on the cluster's failure counts.
         permit_timeout: the longest a half-open probe or a rate decision waits for
-            Redis (0 < x <= 10), then the local limiter decides.
-        permit_lease: seconds after which an unreleased probe permit expires
-            (0 < x <= 86400).
+            Redis (> 0; at most a minute is used), then the local limiter decides.
+        permit_lease: seconds after which an unreleased probe permit expires (> 0;
+            at most a day is used).
         trip_quorum: distinct processes (``open_shared_state`` blocks) whose trips
             within a breaker's ``failure_window`` open it here; 1 opens on any trip.
         logger: a structlog-like logger.
@@ -118,11 +118,11 @@ async def open_shared_state(
         budgets,
         limiters,
         prefix=check_str("prefix", prefix),
-        sync_interval=check_number("sync_interval", sync_interval, gt=0, le=60),
+        sync_interval=check_number("sync_interval", sync_interval, gt=0),
         share_counts=check_bool("share_counts", share_counts),
-        permit_timeout=check_number("permit_timeout", permit_timeout, gt=0, le=10),
-        permit_lease=check_number("permit_lease", permit_lease, gt=0, le=86_400),
-        trip_quorum=check_int("trip_quorum", trip_quorum, minimum=1, maximum=10_000),
+        permit_timeout=check_number("permit_timeout", permit_timeout, gt=0),
+        permit_lease=check_number("permit_lease", permit_lease, gt=0),
+        trip_quorum=check_int("trip_quorum", trip_quorum, minimum=1),
         logger=check_logger(logger),
     )
     state._attach()

@@ -148,6 +148,9 @@ class SharedState:
         self.retry_budgets = retry_budgets
         self.rate_limiters = rate_limiters
         self._budget_unsent: dict[str, tuple[int, int]] = {b.name: (0, 0) for b in retry_budgets}
+        # Any positive finite setting is accepted; what the loops use is bounded.
+        self._interval = min(3600.0, max(0.001, sync_interval))
+        self._permit_wait = min(60.0, permit_timeout)
         self._timeout = min(5.0, max(0.25, 4 * sync_interval))
         self._alive_us = _us(max(15.0, 3 * sync_interval))
         self._leases = itertools.count()
@@ -202,7 +205,7 @@ class SharedState:
         for budget in self.retry_budgets:
             budget.clear_remote()
         for limiter in self.rate_limiters:
-            limiter.attach_remote(self._decider(limiter), timeout=self.permit_timeout)
+            limiter.attach_remote(self._decider(limiter), timeout=self._permit_wait)
 
     def _detach(self) -> None:
         for shared in self._shared.values():
@@ -246,7 +249,7 @@ class SharedState:
         lease = f"{self.origin}:{next(self._leases)}"
         granted = False
         try:
-            with trio.move_on_after(self.permit_timeout):
+            with trio.move_on_after(self._permit_wait):
                 self._round_trips += 1
                 reply = await self._evalsha(
                     "acquire",
@@ -405,7 +408,7 @@ class SharedState:
                 delays = _RECONNECT.delays()
                 self._up()
             start()
-            with trio.move_on_after(self.sync_interval):
+            with trio.move_on_after(self._interval):
                 await self._wake.wait()
                 await trio.sleep(max(0.0, self._last_sync_at + _MIN_GAP - trio.current_time()))
             self._wake = trio.Event()
