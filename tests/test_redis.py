@@ -672,6 +672,25 @@ async def test_open_shared_state_validates_its_arguments() -> None:
             pass
 
 
+async def test_a_breaker_is_shared_by_one_block_at_a_time(shared_server: RedisServer) -> None:
+    """A second block sharing the same breaker is refused; leaving the block detaches
+    every policy (the breaker's port has no owner, the limiter no remote)."""
+    breaker = CircuitBreaker("db")
+    other = CircuitBreaker("other")
+    limiter = RateLimiter(10, name="api")
+    async with open_shared_state(
+        shared_server.url, breaker, rate_limiters=[limiter], prefix=fresh()
+    ) as shared:
+        assert breaker.sharing.owner is shared
+        assert limiter.remote_attached
+        with pytest.raises(RuntimeError):
+            async with open_shared_state(shared_server.url, other, breaker, prefix=fresh()):
+                pass
+        assert other.sharing.owner is None  # the refused block attached nothing
+    assert breaker.sharing.owner is None
+    assert not limiter.remote_attached
+
+
 async def test_password_urls_work(redis_server: RedisServer) -> None:
     """A redis:// URL with a password reaches a server that requires one; a wrong one
     degrades to local decisions."""
