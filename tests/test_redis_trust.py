@@ -55,7 +55,7 @@ def apply(shared: Any, entry: Any, value: Any) -> None:
 
 def test_escaping_is_injective_and_keeps_one_hash_tag() -> None:
     """Names with colons, braces and percent signs get distinct, single-tag keys."""
-    names = ["db", "db:probes", "{db}", "db%3Aprobes", "%", "}{", "a:b:c"]
+    names = ["db", "db:probes", "{db}", "db%3Aprobes", "%", "}{", "a:b:c", "a|b"]
     tags = [BreakerKeys("p", n, 60000).tag for n in names]
     assert len(set(tags)) == len(names)
     for tag in tags:
@@ -227,11 +227,11 @@ async def test_budget_replies_are_checked() -> None:
 async def test_hints_wake_the_sync_only_for_shared_breakers_of_others() -> None:
     """A hint for a shared breaker from another origin wakes the sync; one's own, or
     one for another breaker, does not; garbage is counted."""
-    shared = state(CircuitBreaker("db:x"))
-    shared._hint({"data": f"v2|db%3Ax|{shared.origin}"})
+    shared = state(CircuitBreaker("db:x|y"))
+    shared._hint({"data": f"v2|db%3Ax%7Cy|{shared.origin}"})
     shared._hint({"data": "v2|other|someone"})
     assert not shared._wake.is_set()
-    shared._hint({"data": "v2|db%3Ax|someone"})
+    shared._hint({"data": "v2|db%3Ax%7Cy|someone"})
     assert shared._wake.is_set()
     shared._hint("not a dict")
     shared._hint({"data": b"\x00" * 10_000})

@@ -2,20 +2,20 @@
 
 A breaker named ``name`` under ``prefix`` owns the keys ``{P:N}:state``, ``{P:N}:trips``,
 ``{P:N}:sharers``, ``{P:N}:probes`` and ``{P:N}:counts:<window>`` (plus its
-``:origins`` set), where ``P`` and ``N`` are the escaped prefix and name: ``%``, ``{``,
-``}`` and ``:`` become ``%25``, ``%7B``, ``%7D`` and ``%3A``. Escaping is injective, a
-hash tag holds exactly one unescaped ``:`` for breakers (``{P:budget:N}`` and
-``{P:limiter:N}`` hold two), so no two names, and no breaker and budget, share a key,
-and every key of one breaker maps to one Redis Cluster slot.
+``:origins`` set), where ``P`` and ``N`` are the escaped prefix and name: ``%``,
+``{``, ``}``, ``:`` and ``|`` become ``%25``, ``%7B``, ``%7D``, ``%3A`` and ``%7C``.
+Escaping is injective, a hash tag holds exactly one unescaped ``:`` for breakers
+(``{P:budget:N}`` and ``{P:limiter:N}`` hold two), so no two names, and no breaker and
+budget, share a key, and every key of one breaker maps to one Redis Cluster slot.
 """
 
 from __future__ import annotations
 
-_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A"})
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A", "|": "%7C"})
 
 
 def escape(text: str) -> str:
-    """``text`` with ``%``, ``{``, ``}`` and ``:`` percent-encoded (injective)."""
+    """``text`` with ``%``, ``{``, ``}``, ``:`` and ``|`` percent-encoded (injective)."""
     return text.translate(_ESCAPES)
 
 
