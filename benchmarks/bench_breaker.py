@@ -1,14 +1,15 @@
-"""Closed-breaker overhead against a minimal call wrapper and a no-op async context manager.
+"""Breaker overhead: closed, open and half-open, against a minimal wrapper and a bare await.
 
 Run: ``python benchmarks/bench_breaker.py`` (``make bench`` runs every benchmark).
 """
 
 from __future__ import annotations
 
+import structlog
 import trio
 from _common import Row, memory_growth, ratio_row, report, time_loops
 
-from trio_resilience import CircuitBreaker
+from trio_resilience import CircuitBreaker, CircuitOpenError
 
 
 async def work() -> int:
@@ -31,6 +32,26 @@ async def main() -> None:
     breaker = CircuitBreaker("bench")
     rate_breaker = CircuitBreaker("bench-rate", failure_rate_threshold=0.5)
     noop = NoopContext()
+    quiet = structlog.ReturnLogger()
+    open_breaker = CircuitBreaker(
+        "bench-open", failure_threshold=1, recovery_timeout=1e9, logger=quiet
+    )
+    probing = CircuitBreaker(
+        "bench-probe",
+        failure_threshold=1,
+        recovery_timeout=0.0,
+        success_threshold=2**62,
+        logger=quiet,
+    )
+
+    async def down() -> None:
+        raise RuntimeError("down")
+
+    for tripped in (open_breaker, probing):
+        try:
+            await tripped.call(down)
+        except RuntimeError:
+            pass
 
     async def bare(n: int) -> None:
         for _ in range(n):
@@ -47,6 +68,19 @@ async def main() -> None:
 
     async def rate_call(n: int) -> None:
         call = rate_breaker.call
+        for _ in range(n):
+            await call(work)
+
+    async def rejected(n: int) -> None:
+        call = open_breaker.call
+        for _ in range(n):
+            try:
+                await call(work)
+            except CircuitOpenError:
+                pass
+
+    async def probe(n: int) -> None:
+        call = probing.call
         for _ in range(n):
             await call(work)
 
@@ -68,6 +102,8 @@ async def main() -> None:
             "rate breaker.call (closed)": rate_call,
             "no-op async with": noop_with,
             "async with breaker (closed)": breaker_with,
+            "open breaker rejection": rejected,
+            "half-open probe breaker.call": probe,
         },
         n=200_000,
     )
@@ -75,7 +111,9 @@ async def main() -> None:
         ratio_row("minimal call wrapper", "bare await", times),
         ratio_row("breaker.call (closed)", "minimal call wrapper", times, at_most=3),
         ratio_row("async with breaker (closed)", "no-op async with", times, at_most=2),
-        ratio_row("rate breaker.call (closed)", "minimal call wrapper", times, at_most=6),
+        ratio_row("rate breaker.call (closed)", "minimal call wrapper", times, at_most=5),
+        ratio_row("open breaker rejection", "bare await", times, at_most=40),
+        ratio_row("half-open probe breaker.call", "minimal call wrapper", times, at_most=6),
     ]
     growth = await memory_growth(breaker_call, 1_000_000)
     rate_growth = await memory_growth(rate_call, 1_000_000)

@@ -41,6 +41,13 @@ async def fail_times(breaker: CircuitBreaker, n: int) -> None:
             await breaker.call(fail)
 
 
+async def assert_settled(breaker: CircuitBreaker) -> None:
+    """Every entry of the breaker was settled: one more exit has nothing to settle."""
+    with pytest.raises(RuntimeError, match=r"^breaker exited more often than it was entered$"):
+        await breaker.__aexit__(None, None, None)
+    assert breaker.statistics().half_open_in_flight == 0
+
+
 def open_breaker(**kwargs: Any) -> CircuitBreaker:
     kwargs.setdefault("failure_threshold", 2)
     kwargs.setdefault("recovery_timeout", 10.0)
@@ -148,13 +155,32 @@ async def test_calls_in_window_counts_successes_and_failures(
     assert stats.failures_in_window == 0
 
 
-async def test_failure_memory_is_bounded_by_threshold() -> None:
-    """However many failures arrive, at most failure_threshold timestamps are kept."""
-    b = CircuitBreaker(failure_threshold=3, failure_window=1e9, recovery_timeout=0.0)
-    for _ in range(100):
-        await fail_times(b, 1)
-        b.reset()
-    assert len(b._failures) <= 3
+async def test_failure_memory_does_not_grow_with_failures(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """However many failures arrive and expire, the breaker's memory stays flat."""
+    import gc
+    import tracemalloc
+
+    b = CircuitBreaker(failure_threshold=1000, failure_window=1.0)
+
+    async def spell(n: int) -> None:
+        for _ in range(n):
+            await fail_times(b, 1)
+            await trio.sleep(0.1)  # ten failures per window, each expiring in turn
+
+    await spell(200)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await spell(2000)
+        gc.collect()
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert b.statistics().failures_in_window == 10
+    assert growth < 16 * 1024, growth  # flat: 2,000 failures leave only noise
 
 
 # ------------------------------------------------------------------ open state
@@ -183,12 +209,15 @@ async def test_open_rejects_at_once_without_running_the_body(
     assert b.statistics().total_calls == 2
 
 
-async def test_rejection_is_a_checkpoint() -> None:
-    """A refused call is still a checkpoint, as every Trio async API."""
+async def test_rejection_checks_for_cancellation_first() -> None:
+    """A refusal raises as Trio's own APIs do: a cancelled caller gets Cancelled."""
     b = open_breaker()
     await fail_times(b, 2)
-    with trio.testing.assert_checkpoints(), pytest.raises(CircuitOpenError):
+    with pytest.raises(CircuitOpenError), trio.testing.assert_checkpoints():
         await b.call(ok)
+    with pytest.raises(CircuitOpenError), trio.testing.assert_checkpoints():
+        async with b:
+            pass
     with trio.CancelScope() as scope:
         scope.cancel()
         with pytest.raises(trio.Cancelled):
@@ -421,7 +450,7 @@ async def test_async_with_stale_closed_call_never_touches_later_generation(
     assert stats.state is CircuitState.CLOSED
     assert stats.failures_in_window == 0
     assert stats.total_failures == 3
-    assert b._entries == {}
+    await assert_settled(b)
 
 
 async def test_probe_of_earlier_half_open_period_is_stale(
@@ -753,7 +782,7 @@ async def test_async_with_shares_the_engine(autojump_clock: trio.testing.MockClo
     async with b:
         pass
     assert b.state is CircuitState.CLOSED
-    assert b._entries == {}
+    await assert_settled(b)
 
 
 async def test_async_with_nested_in_one_task(autojump_clock: trio.testing.MockClock) -> None:
@@ -766,7 +795,7 @@ async def test_async_with_nested_in_one_task(autojump_clock: trio.testing.MockCl
             assert b.statistics().half_open_in_flight == 2
         assert b.statistics().half_open_in_flight == 1
     assert b.statistics().consecutive_successes == 2
-    assert b._entries == {}
+    await assert_settled(b)
 
 
 async def test_exit_without_enter_is_an_error() -> None:
@@ -820,7 +849,7 @@ def test_registry_validates_defaults_at_once() -> None:
         ({"failure_threshold": 0}, ValueError, r"^failure_threshold must be >= 1, got 0$"),
         ({"failure_threshold": 1.5}, TypeError, r"^failure_threshold must be an int, got 1.5$"),
         ({"failure_threshold": True}, TypeError, r"^failure_threshold must be an int, got True$"),
-        ({"failure_window": 0}, ValueError, r"^failure_window must be > 0, got 0$"),
+        ({"failure_window": 0}, ValueError, r"^failure_window must be >= 0.001, got 0$"),
         ({"failure_window": "1"}, TypeError, r"^failure_window must be a number, got '1'$"),
         (
             {"failure_rate_threshold": 1.5},
@@ -829,7 +858,7 @@ def test_registry_validates_defaults_at_once() -> None:
         ),
         ({"failure_rate_threshold": 0}, ValueError, r"^failure_rate_threshold must be > 0, got 0$"),
         ({"minimum_calls": 0}, ValueError, r"^minimum_calls must be >= 1, got 0$"),
-        ({"slow_call_duration": -1}, ValueError, r"^slow_call_duration must be >= 0, got -1$"),
+        ({"slow_call_duration": -1}, ValueError, r"^slow_call_duration must be > 0, got -1$"),
         ({"recovery_timeout": -1.0}, ValueError, r"^recovery_timeout must be >= 0, got -1.0$"),
         ({"recovery_timeout": "x"}, TypeError, r"^recovery_timeout must be a number or a Backoff"),
         ({"success_threshold": 0}, ValueError, r"^success_threshold must be >= 1, got 0$"),
@@ -876,15 +905,14 @@ async def test_async_with_fast_path_counts_exactly(autojump_clock: trio.testing.
     """Closed entries are counted without per-task records; every exit is counted once."""
     b = CircuitBreaker(failure_threshold=100)
     async with b:
-        assert b._untracked == 1
-        assert b._entries == {}
+        assert b.statistics().total_calls == 1
     for n in range(1, 80):
         async with b:
             pass
         assert b.statistics().calls_in_window == n + 1
-    assert b._untracked == 0
     stats = b.statistics()
     assert (stats.total_calls, stats.total_successes) == (80, 80)
+    await assert_settled(b)
 
 
 async def test_async_with_triple_nesting_in_half_open(
@@ -898,13 +926,11 @@ async def test_async_with_triple_nesting_in_half_open(
         async with b:
             async with b:
                 assert b.statistics().half_open_in_flight == 3
-                assert len(next(iter(b._entries.values()))) == 3
             assert b.statistics().half_open_in_flight == 2
-            assert len(next(iter(b._entries.values()))) == 2
         assert b.statistics().half_open_in_flight == 1
         assert b.statistics().consecutive_successes == 2
     assert b.statistics().consecutive_successes == 3
-    assert b._entries == {}
+    await assert_settled(b)
 
 
 async def test_stale_untracked_entries_drain_and_fast_path_returns(
@@ -922,20 +948,16 @@ async def test_stale_untracked_entries_drain_and_fast_path_returns(
         nursery.start_soon(long_entry)
         nursery.start_soon(long_entry)
         await trio.testing.wait_all_tasks_blocked()
-        assert b._untracked == 2
         b.reset()  # a new generation: both entries are now stale
-        assert (b._untracked, b._untracked_stale) == (0, 2)
-        assert b._fast_with is False
-        async with b:  # tracked per task while stale entries are in flight
-            assert len(b._entries) == 1
+        async with b:  # recorded while stale entries are in flight
+            assert b.statistics().total_calls == 3
         release.set()
-    assert (b._untracked, b._untracked_stale) == (0, 0)
-    assert b._fast_with is True
     stats = b.statistics()
     assert stats.calls_in_window == 1  # only the entry of the new generation
     assert stats.total_successes == 3
+    await assert_settled(b)
     async with b:
-        assert b._untracked == 1
+        assert b.statistics().total_calls == 4
 
 
 # ------------------------------------------------------------------ hooks for shared state
@@ -1120,17 +1142,6 @@ def test_repr_in_half_open_and_rate_only(autojump_clock: trio.testing.MockClock)
         assert repr(r) == "<CircuitBreaker 'r' closed 1/2 failed calls>"
 
     trio.run(main, clock=autojump_clock)
-
-
-def test_task_context_fallback_reads_the_current_task() -> None:
-    """The fallback run-context reader returns the current task."""
-    from trio_resilience._breaker import _run_context, _TaskContext
-
-    async def main() -> None:
-        assert _TaskContext().task is trio.lowlevel.current_task()
-        assert _run_context().task is trio.lowlevel.current_task()
-
-    trio.run(main)
 
 
 async def test_rate_window_expires_bucket_by_bucket(autojump_clock: trio.testing.MockClock) -> None:
@@ -1368,3 +1379,834 @@ async def test_raising_listener_and_permit_source_never_reach_the_caller() -> No
     failed = [e for e in logs if e["event"] == "trio_resilience.breaker.sharing_failed"]
     assert [e["hook"] for e in failed] == ["listener", "acquire", "release", "listener"]
     assert b.statistics().half_open_in_flight == 0
+
+
+# ------------------------------------------------------------------ the duty and wait_ready
+
+
+async def test_serve_moves_open_to_half_open_at_the_recovery_time(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """With the duty running, the move to half-open happens on time with no call."""
+    changes: list[StateChange] = []
+    b = open_breaker(on_state_change=changes.append)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.serve)
+        await fail_times(b, 2)
+        assert b.state_value.value is CircuitState.OPEN
+        await b.state_value.wait_value(CircuitState.HALF_OPEN)
+        assert trio.current_time() == 10.0
+        nursery.cancel_scope.cancel()
+    assert [(c.new_state, c.reason, c.at) for c in changes] == [
+        ("open", "failure_threshold", 0.0),
+        ("half_open", "recovery_timeout", 10.0),
+    ]
+    assert [e["new_state"] for e in logs if e["event"].endswith("state_changed")] == [
+        "open",
+        "half_open",
+    ]
+    assert b.statistics().total_calls == 2  # no call was needed
+
+
+async def test_serve_applies_the_half_open_timeout_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A half-open period that has not closed re-opens at its timeout, duty or not."""
+    changes: list[StateChange] = []
+    b = open_breaker(half_open_max_duration=5.0, on_state_change=changes.append)
+    await fail_times(b, 2)
+    with trio.move_on_after(40):
+        await b.serve()
+    assert [(c.new_state, c.reason, c.at) for c in changes][:4] == [
+        ("open", "failure_threshold", 0.0),
+        ("half_open", "recovery_timeout", 10.0),
+        ("open", "half_open_timeout", 15.0),
+        ("half_open", "recovery_timeout", 25.0),
+    ]
+
+
+async def test_without_a_duty_transitions_stay_lazy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No duty: state reads half-open on time, but the move is applied by the next call."""
+    changes: list[StateChange] = []
+    b = open_breaker(on_state_change=changes.append)
+    await fail_times(b, 2)
+    await trio.sleep(12)
+    assert b.state is CircuitState.HALF_OPEN
+    assert b.state_value.value is CircuitState.OPEN
+    assert len(changes) == 1
+    await b.call(ok)
+    assert changes[-1].at == 12.0 and changes[-1].reason == "recovery_timeout"
+
+
+async def test_serve_follows_an_extended_remote_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A deadline moved while the duty sleeps is the one it keeps."""
+    changes: list[StateChange] = []
+    b = CircuitBreaker(recovery_timeout=30.0, on_state_change=changes.append)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.serve)
+        b.sharing.open_until(10.0)
+        await trio.sleep(5)
+        b.sharing.open_until(20.0)
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert [(c.new_state, c.at) for c in changes] == [("open", 0.0), ("half_open", 20.0)]
+
+
+async def test_wait_ready_sleeps_until_the_recovery_time_without_a_duty(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """wait_ready on an open breaker returns at its recovery time, no duty needed."""
+    b = open_breaker()
+    await fail_times(b, 2)
+    await b.wait_ready()
+    assert trio.current_time() == 10.0
+    assert b.state_value.value is CircuitState.HALF_OPEN
+    assert await b.call(ok) == "ok"
+
+
+async def test_wait_ready_is_a_checkpoint_when_ready() -> None:
+    """A closed breaker is ready at once, and wait_ready is still a checkpoint."""
+    b = CircuitBreaker()
+    with trio.testing.assert_checkpoints():
+        await b.wait_ready()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):
+            await b.wait_ready()
+
+
+async def test_wait_ready_waits_for_a_free_probe_permit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Half-open with every permit busy: wait_ready returns when a probe ends."""
+    b = open_breaker(half_open_max_calls=1, success_threshold=3)
+    await fail_times(b, 2)
+    await trio.sleep(10)
+
+    async def probe() -> None:
+        async with b:
+            await trio.sleep(4)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        await trio.testing.wait_all_tasks_blocked()
+        await b.wait_ready()
+        assert trio.current_time() == 14.0
+    assert b.statistics().consecutive_successes == 1
+
+
+async def test_wait_ready_on_a_forced_open_breaker_waits_for_reset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Forced open never becomes ready on time; reset() wakes the waiter."""
+    b = CircuitBreaker()
+    b.force_open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.wait_ready)
+        await trio.sleep(1000)
+        assert len(nursery.child_tasks) == 1
+        b.reset()
+    assert trio.current_time() == 1000.0
+
+
+@pytest.mark.parametrize("duty", [False, True])
+async def test_tasks_that_all_wait_ready_then_call_never_deadlock(
+    autojump_clock: trio.testing.MockClock, duty: bool
+) -> None:
+    """Twenty tasks loop on wait_ready() and call; every one gets through."""
+    b = open_breaker(half_open_max_calls=2, success_threshold=2)
+    await fail_times(b, 2)
+    done: list[float] = []
+    rejected = 0
+    all_done = trio.Event()
+
+    async def worker() -> None:
+        nonlocal rejected
+        while True:
+            await b.wait_ready()
+            try:
+                await b.call(trio.sleep, 1)
+            except CircuitOpenError:
+                rejected += 1
+                continue
+            done.append(trio.current_time())
+            if len(done) == 20:
+                all_done.set()
+            return
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            if duty:
+                nursery.start_soon(b.serve)
+            for _ in range(20):
+                nursery.start_soon(worker)
+            await all_done.wait()
+            nursery.cancel_scope.cancel()
+    assert len(done) == 20
+    assert b.state is CircuitState.CLOSED
+    assert max(done) <= 12.0  # two probes close it at 11; the rest pass at once
+    assert rejected < 40  # refused ones waited for a permit rather than spinning
+
+
+async def test_wait_closed_applies_the_recovery_move_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """wait_closed wakes at the recovery time and returns once probes close it."""
+    b = open_breaker(success_threshold=1)
+    await fail_times(b, 2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.wait_closed)
+        await b.wait_ready()
+        assert trio.current_time() == 10.0
+        await b.call(ok)
+    assert b.state is CircuitState.CLOSED
+
+
+# ------------------------------------------------------------------ runs change
+
+
+def test_a_second_trio_run_starts_with_an_empty_window() -> None:
+    """Failures of an earlier trio.run never count in the next one."""
+    b = CircuitBreaker(failure_threshold=3, failure_window=60.0)
+
+    async def two_failures() -> None:
+        await fail_times(b, 2)
+        assert b.statistics().failures_in_window == 2
+
+    trio.run(two_failures, clock=trio.testing.MockClock())
+
+    async def one_more() -> None:
+        assert b.statistics().failures_in_window == 0
+        assert b.statistics().calls_in_window == 0
+        await fail_times(b, 1)
+        assert b.state is CircuitState.CLOSED
+
+    trio.run(one_more, clock=trio.testing.MockClock())
+
+
+def test_an_open_breaker_stays_open_its_period_from_first_use_in_a_new_run() -> None:
+    """An open breaker carried into a new run is open for its period from first use."""
+    b = CircuitBreaker(failure_threshold=1, recovery_timeout=30.0)
+
+    async def trip() -> None:
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        clock.jump(1000.0)
+        await fail_times(b, 1)
+
+    trio.run(trip, clock=trio.testing.MockClock())
+
+    async def later() -> None:
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        clock.jump(5.0)
+        with pytest.raises(CircuitOpenError) as info:
+            await b.call(ok)
+        assert info.value.retry_after == 30.0
+        await trio.sleep(30.0)
+        assert await b.call(ok) == "ok"
+
+    trio.run(later, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_clock_reused_across_runs_still_starts_a_fresh_window() -> None:
+    """The same MockClock passed to two runs: the second run's first failure starts anew."""
+    clock = trio.testing.MockClock()
+    b = CircuitBreaker(failure_threshold=2, failure_window=60.0)
+
+    async def one_failure() -> None:
+        await fail_times(b, 1)
+
+    trio.run(one_failure, clock=clock)
+    trio.run(one_failure, clock=clock)
+
+    async def check() -> None:
+        assert b.state is CircuitState.CLOSED
+
+    trio.run(check, clock=clock)
+
+
+def test_half_open_in_a_new_run_has_fresh_permits() -> None:
+    """A half-open breaker carried into a new run starts a fresh half-open period."""
+    b = CircuitBreaker(failure_threshold=1, recovery_timeout=1.0, half_open_max_calls=1)
+
+    async def to_half_open() -> None:
+        await fail_times(b, 1)
+        await trio.sleep(1)
+        assert b.state is CircuitState.HALF_OPEN
+        await b.wait_ready()
+
+    trio.run(to_half_open, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    async def probe() -> None:
+        assert await b.call(ok) == "ok"
+        assert b.statistics().consecutive_successes == 1
+
+    trio.run(probe, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# ------------------------------------------------------------------ hardening (issue 14)
+
+
+class Stop(BaseException):
+    """A BaseException that is not an Exception, named by nobody."""
+
+
+class Unprintable(Exception):
+    """An error whose __repr__ and __str__ raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+async def test_raising_predicate_during_a_probe_counts_a_failure_and_returns_the_permit(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """A failure_on predicate that raises: the probe fails, its permit comes back,
+    classify_failed is logged and the caller gets its own exception."""
+
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("predicate bug")
+
+    b = open_breaker(failure_on=broken, half_open_max_calls=1)
+    b.force_open()
+    b.reset()
+    from trio_resilience.testing import set_breaker_state
+
+    set_breaker_state(b, "half_open")
+    err = Boom("down")
+
+    async def raiser() -> None:
+        raise err
+
+    with pytest.raises(Boom) as info:
+        await b.call(raiser)
+    assert info.value is err
+    assert b.state is CircuitState.OPEN  # counted as a failure
+    assert b.half_open_limiter.borrowed_tokens == 0
+    stats = b.statistics()
+    assert (stats.total_failures, stats.half_open_in_flight) == (1, 0)
+    failed = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
+    assert len(failed) == 1
+    assert failed[0]["breaker"] == "t" and "predicate bug" in failed[0]["error"]
+
+
+@pytest.mark.parametrize("timed", [False, True])
+async def test_raising_predicate_in_an_async_with_probe_returns_the_permit(
+    autojump_clock: trio.testing.MockClock, timed: bool
+) -> None:
+    """The same through async with, on the short and the ticketed probe paths."""
+    from trio_resilience.testing import set_breaker_state
+
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("predicate bug")
+
+    extra: dict[str, Any] = {"slow_call_duration": 5.0} if timed else {}
+    b = open_breaker(ignore_on=broken, half_open_max_calls=1, **extra)
+    set_breaker_state(b, "half_open")
+    with pytest.raises(Boom):
+        async with b:
+            raise Boom
+    assert b.state is CircuitState.OPEN
+    assert b.half_open_limiter.borrowed_tokens == 0
+    await assert_settled(b)
+
+
+async def test_raising_ignore_on_predicate_in_async_with_counts_a_failure() -> None:
+    """The same through async with and ignore_on in the closed state."""
+
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("predicate bug")
+
+    b = CircuitBreaker(failure_threshold=1, ignore_on=broken)
+    with pytest.raises(Boom):
+        async with b:
+            raise Boom
+    assert b.statistics().total_failures == 1
+    assert b.state is CircuitState.OPEN
+
+
+async def test_async_with_exited_in_another_task_returns_the_permit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An async generator entered in one task and finalized in another gives its permit back."""
+    from collections.abc import AsyncGenerator
+
+    from trio_resilience.testing import set_breaker_state
+
+    b = CircuitBreaker(half_open_max_calls=1, success_threshold=5)
+    set_breaker_state(b, "half_open")
+
+    async def stream() -> AsyncGenerator[int, None]:
+        async with b:
+            yield 1
+            yield 2
+
+    agen = stream()
+
+    async def first_item() -> None:
+        assert await agen.__anext__() == 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first_item)
+    assert b.statistics().half_open_in_flight == 1
+    await agen.aclose()  # exits the async with here, in the main task
+    stats = b.statistics()
+    assert stats.half_open_in_flight == 0
+    assert b.half_open_limiter.borrowed_tokens == 0
+    assert stats.total_cancelled == 1  # GeneratorExit counts as nothing
+    assert await b.call(ok) == "ok"  # the permit is free for the next probe
+    await assert_settled(b)
+
+
+async def test_async_with_through_an_exit_stack_returns_the_permit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Entered through AsyncExitStack (another frame exits it), the probe still settles."""
+    import contextlib
+
+    from trio_resilience.testing import set_breaker_state
+
+    b = CircuitBreaker(half_open_max_calls=1, success_threshold=1)
+    set_breaker_state(b, "half_open")
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(b)
+        assert b.statistics().half_open_in_flight == 1
+    assert b.state is CircuitState.CLOSED
+    await assert_settled(b)
+
+
+async def test_rate_rule_trips_exactly_at_the_threshold() -> None:
+    """55 failures of 100 calls trip a 0.55 rate rule (no float error)."""
+    b = CircuitBreaker(failure_threshold=None, failure_rate_threshold=0.55, minimum_calls=100)
+    for _ in range(45):
+        await b.call(ok)
+    await fail_times(b, 54)
+    assert b.state is CircuitState.CLOSED
+    await fail_times(b, 1)
+    assert b.state is CircuitState.OPEN
+    assert b.statistics().times_opened == 1
+
+
+async def test_rate_rule_stays_closed_just_under_the_threshold() -> None:
+    """54 of 100 at 0.55 stays closed; a success that reaches minimum_calls can trip."""
+    b = CircuitBreaker(failure_threshold=None, failure_rate_threshold=0.55, minimum_calls=100)
+    await fail_times(b, 54)
+    for _ in range(46):
+        await b.call(ok)
+    assert b.state is CircuitState.CLOSED
+    c = CircuitBreaker(failure_threshold=None, failure_rate_threshold=0.5, minimum_calls=10)
+    await fail_times(c, 9)
+    assert c.state is CircuitState.CLOSED
+    await c.call(ok)  # the tenth call: 9 of 10 failed
+    assert c.state is CircuitState.OPEN
+
+
+async def test_unnamed_base_exception_counts_as_ignored_even_in_a_probe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A non-Exception BaseException not in failure_on is nothing: a probe raising it
+    does not close the breaker; named in failure_on, it is a failure."""
+    from trio_resilience.testing import set_breaker_state
+
+    async def stop() -> None:
+        raise Stop
+
+    b = CircuitBreaker(half_open_max_calls=1, success_threshold=1)
+    set_breaker_state(b, "half_open")
+    with pytest.raises(Stop):
+        await b.call(stop)
+    stats = b.statistics()
+    assert stats.state is CircuitState.HALF_OPEN
+    assert (stats.total_ignored, stats.total_successes, stats.half_open_in_flight) == (1, 0, 0)
+    named = CircuitBreaker(failure_threshold=1, failure_on=(Exception, Stop))
+    with pytest.raises(Stop):
+        await named.call(stop)
+    assert named.state is CircuitState.OPEN
+
+
+async def test_errors_and_results_whose_repr_raises_change_nothing(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """An unprintable error trips the breaker and comes out as itself; so do results."""
+    err = Unprintable()
+
+    async def raiser() -> None:
+        raise err
+
+    b = CircuitBreaker("u", failure_threshold=2, on_state_change=lambda change: None)
+    for _ in range(2):
+        with pytest.raises(Unprintable) as info:
+            await b.call(raiser)
+        assert info.value is err
+    with pytest.raises(CircuitOpenError) as rejected:
+        await b.call(ok)
+    assert rejected.value.last_failure is err
+
+    class Odd:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    odd = Odd()
+
+    async def odd_result() -> Odd:
+        return odd
+
+    judged = CircuitBreaker(failure_threshold=1, failure_if_result=lambda value: False)
+    assert await judged.call(odd_result) is odd
+    assert judged.statistics().total_successes == 1
+
+
+HUGE_INPUTS = [10**400, -(10**400), 2**1024, 1e308, -1e308, 2**63, 10**30]
+
+
+@pytest.mark.parametrize(
+    "parameter",
+    [
+        "failure_threshold",
+        "failure_window",
+        "failure_rate_threshold",
+        "minimum_calls",
+        "slow_call_duration",
+        "recovery_timeout",
+        "success_threshold",
+        "half_open_max_calls",
+        "half_open_max_duration",
+    ],
+)
+async def test_constructor_inputs_never_raise_overflow_error(parameter: str) -> None:
+    """Huge ints and floats are refused with ValueError or work; never OverflowError."""
+    for value in HUGE_INPUTS:
+        try:
+            b = CircuitBreaker(**{parameter: value})
+        except (TypeError, ValueError):
+            continue
+        await b.call(ok)
+        await fail_times(b, 1)
+        b.statistics()
+        repr(b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"failure_window": 5e-324}, r"^failure_window must be >= 0.001, got 5e-324$"),
+        ({"failure_window": 0.0009}, r"^failure_window must be >= 0.001, got 0.0009$"),
+        ({"slow_call_duration": 0}, r"^slow_call_duration must be > 0, got 0$"),
+        ({"half_open_max_duration": 0}, r"^half_open_max_duration must be > 0, got 0$"),
+        ({"half_open_max_duration": math.inf}, r"^half_open_max_duration must be finite"),
+        ({"failure_window": 10**400}, r"^failure_window must be a finite number of seconds"),
+    ],
+)
+def test_tiny_and_unusable_durations_are_refused_at_construction(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Windows too small for a bucket, zero durations and giant ints are ValueErrors."""
+    with pytest.raises(ValueError, match=message):
+        CircuitBreaker(**kwargs)
+
+
+async def _async_predicate(value: object) -> bool:
+    return True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"failure_on": int}, r"^failure_on must be an exception type.*got the class int$"),
+        ({"ignore_on": str}, r"^ignore_on must be an exception type.*got the class str$"),
+        ({"failure_on": _async_predicate}, r"^failure_on must be a sync predicate"),
+        ({"ignore_on": _async_predicate}, r"^ignore_on must be a sync predicate"),
+        ({"failure_on": (Boom, int)}, r"^failure_on must be .*item 1 is <class 'int'>$"),
+        ({"on_state_change": _async_predicate}, r"^on_state_change must be a sync callable"),
+        ({"failure_if_result": _async_predicate}, r"^failure_if_result must be a sync callable"),
+        ({"failure_if_result": 3}, r"^failure_if_result must be callable or None, got 3$"),
+        ({"recovery_timeout": "30"}, r"^recovery_timeout must be a number or a Backoff"),
+    ],
+)
+def test_non_exception_classes_and_async_functions_are_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Predicates are exception types or sync callables; callbacks are sync."""
+    with pytest.raises(TypeError, match=message):
+        CircuitBreaker(**kwargs)
+
+
+async def test_forced_open_logs_retry_after_as_none(logs: list[dict[str, Any]]) -> None:
+    """Log values are JSON-safe: a forced-open retry_after is None, not inf."""
+    import json
+
+    b = CircuitBreaker("f")
+    b.force_open()
+    event = next(e for e in logs if e["event"] == "trio_resilience.breaker.state_changed")
+    assert event["retry_after"] is None
+    json.dumps(event, allow_nan=False, default=str)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.retry_after == math.inf
+    assert info.value.last_failure is None
+
+
+def test_registry_remove_forgets_a_name() -> None:
+    """remove(name) returns the breaker; the next get() makes a new one."""
+    registry = BreakerRegistry(failure_threshold=2)
+    db = registry.get("db")
+    assert registry.remove("db") is db
+    assert "db" not in registry and len(registry) == 0
+    assert registry.get("db") is not db
+    with pytest.raises(KeyError):
+        registry.remove("nope")
+
+
+def _weigh(make: Any, n: int = 500) -> float:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [make(i) for i in range(n)]
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == n
+    return (after - before) / n
+
+
+def test_a_breaker_weighs_at_most_2_kb_until_half_open_use() -> None:
+    """A fresh breaker, and one used in the closed state, weigh <= 2 KB (an open one
+    also holds its last_failure, which belongs to the caller)."""
+    registry = BreakerRegistry()
+    assert _weigh(lambda i: registry.get(f"name-{i}")) <= 2048
+    assert _weigh(lambda i: CircuitBreaker(failure_rate_threshold=0.5)) <= 2048
+
+    def used(i: int) -> CircuitBreaker:
+        b = CircuitBreaker(failure_threshold=3)
+
+        async def main() -> None:
+            for _ in range(20):
+                await b.call(ok)
+            await fail_times(b, 2)
+            async with b:
+                pass
+            b.statistics()
+
+        trio.run(main)
+        return b
+
+    assert _weigh(used, n=50) <= 2048
+
+
+# ------------------------------------------------------------------ breaker additions
+
+
+async def test_failure_if_result_counts_a_failure_and_returns_the_value(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A rejected result is a failure, but the caller still gets it."""
+
+    async def status(code: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return code
+
+    b = CircuitBreaker(failure_threshold=2, failure_if_result=lambda code: code >= 500)
+    assert await b.call(status, 200) == 200
+    assert await b.call(status, 503) == 503
+    assert b.statistics().failures_in_window == 1
+    assert await b.call(status, 500) == 500
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(status, 200)
+    assert info.value.last_failure is None  # opened by results, not by an exception
+    stats = b.statistics()
+    assert (stats.total_successes, stats.total_failures) == (1, 2)
+
+
+async def test_failure_if_result_that_raises_counts_a_failure(
+    logs: list[dict[str, Any]],
+) -> None:
+    """A raising result check is a failure (logged); the caller still gets its value."""
+
+    def broken(value: object) -> bool:
+        raise ValueError("check bug")
+
+    b = CircuitBreaker(failure_threshold=1, failure_if_result=broken)
+    assert await b.call(ok) == "ok"
+    assert b.state is CircuitState.OPEN
+    assert [e["predicate"] for e in logs if e["event"] == "trio_resilience.classify_failed"] == [
+        "failure_if_result"
+    ]
+
+
+async def test_failure_if_result_judges_half_open_probes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A probe whose result is rejected re-opens the breaker."""
+    b = open_breaker(failure_if_result=lambda value: value == "bad")
+    await fail_times(b, 2)
+    await trio.sleep(10)
+
+    async def bad() -> str:
+        return "bad"
+
+    assert await b.call(bad) == "bad"
+    assert b.state is CircuitState.OPEN
+    assert b.half_open_limiter.borrowed_tokens == 0
+
+
+async def test_half_open_timeout_reopens_lazily_and_its_probes_become_stale(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No duty: the next call after the timeout re-opens it; the old probe's late
+    success changes nothing."""
+    changes: list[StateChange] = []
+    b = open_breaker(
+        half_open_max_calls=1,
+        success_threshold=1,
+        half_open_max_duration=5.0,
+        on_state_change=changes.append,
+    )
+    await fail_times(b, 2)
+    await trio.sleep(10)
+
+    async def hung_probe() -> None:
+        async with b:
+            await trio.sleep(100)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hung_probe)
+        await trio.sleep(6)  # t = 16: past the half-open timeout
+        with pytest.raises(CircuitOpenError) as info:
+            await b.call(ok)
+        assert info.value.state is CircuitState.OPEN
+        assert info.value.retry_after == 10.0
+        assert changes[-1].reason == "half_open_timeout"
+        assert changes[-1].at == 16.0
+    assert b.state is CircuitState.HALF_OPEN  # t = 110, the stale probe did not close it
+    assert b.statistics().total_successes == 1
+    assert [c.reason for c in changes] == [
+        "failure_threshold",
+        "recovery_timeout",
+        "half_open_timeout",
+    ]
+
+
+async def test_last_failure_is_the_exception_that_opened_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """CircuitOpenError.last_failure: the tripping error, the failed probe's error."""
+    b = open_breaker()
+    errors = [Boom("one"), Boom("two"), Boom("probe")]
+
+    async def raise_next() -> None:
+        raise errors.pop(0)
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await b.call(raise_next)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert str(info.value.last_failure) == "two"
+    await trio.sleep(10)
+    with pytest.raises(Boom):
+        await b.call(raise_next)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert str(info.value.last_failure) == "probe"
+    b.reset()
+    b.sharing.open_until(trio.current_time() + 5)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is None
+
+
+def test_breakers_are_listed_as_live_policies() -> None:
+    """Every breaker registers itself for the metrics exporters, weakly."""
+    import gc
+
+    from trio_resilience import _live
+
+    b = CircuitBreaker("listed")
+    assert b in _live.live("breaker")
+    del b
+    gc.collect()
+    assert all(x.name != "listed" for x in _live.live("breaker"))
+
+
+def test_a_new_run_noticed_mid_flight_keeps_the_entries_of_this_run() -> None:
+    """Entries made in a new run before it was noticed still exit cleanly."""
+    clock = trio.testing.MockClock()
+    b = CircuitBreaker(failure_threshold=5)
+
+    async def warm() -> None:
+        await b.call(ok)
+
+    trio.run(warm, clock=clock)
+
+    async def two_entries() -> None:
+        release = trio.Event()
+
+        async def holder() -> None:
+            async with b:
+                await release.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(Boom):
+                async with b:
+                    raise Boom  # the failure reads the clock: the new run is noticed
+            release.set()
+        await assert_settled(b)
+        assert b.statistics().failures_in_window == 1
+
+    trio.run(two_entries, clock=clock)
+
+
+def test_a_second_run_never_trips_on_the_first_runs_rate_counts() -> None:
+    """Nine failures of an earlier run plus one success now do not reach the rate rule."""
+    b = CircuitBreaker(failure_threshold=None, failure_rate_threshold=0.5, minimum_calls=10)
+
+    async def nine_failures() -> None:
+        await fail_times(b, 9)
+
+    trio.run(nine_failures, clock=trio.testing.MockClock())
+
+    async def one_success() -> None:
+        await b.call(ok)
+        assert b.state is CircuitState.CLOSED
+        assert b.statistics().calls_in_window == 1  # the window started afresh
+
+    trio.run(one_success, clock=trio.testing.MockClock())
+
+
+async def test_a_loop_of_refusals_still_lets_other_tasks_run() -> None:
+    """A task that retries refusals at once yields every 64 refusals."""
+    b = CircuitBreaker(failure_threshold=1)
+    await fail_times(b, 1)
+    refusals = 0
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+
+            async def stopper() -> None:
+                scope.cancel()
+
+            nursery.start_soon(stopper)
+            for _ in range(1000):
+                try:
+                    await b.call(ok)
+                except CircuitOpenError:
+                    refusals += 1
+    assert scope.cancelled_caught
+    # The stopper runs at the first yield (64) or, when Trio's batch runs this task
+    # first, at the second (128); never a thousand refusals later.
+    assert refusals in (64, 128)

@@ -5,21 +5,25 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections import deque
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from fractions import Fraction
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar
 
 import trio
 from trio_util import AsyncValue
 
+from . import _live
 from ._backoff import Backoff
-from ._classify import FAILURE, IGNORED, SUCCESS, ExceptionSpec, Matcher, classify
+from ._classify import CANCELLED, FAILURE, IGNORED, SUCCESS, ExceptionSpec, Matcher, classify
 from ._decorate import decorate
 from ._exceptions import CircuitOpenError
 from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger
+from ._ring import TimeRing
+from ._runs import run_token
 from ._state import (
+    BREAKER_CLASSIFY_FAILED,
     BREAKER_SHARING_FAILED,
     REMOTE_CLOSE,
     REMOTE_TRIP,
@@ -33,10 +37,7 @@ from ._validate import (
     check_int,
     check_logger,
     check_number,
-    check_optional_callable,
     check_optional_int,
-    check_optional_number,
-    check_str,
 )
 
 __all__ = [
@@ -52,34 +53,18 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_current_clock = trio.lowlevel.current_clock
 _current_time = trio.current_time
-
-
-class _TaskContext:
-    """Fallback with the one attribute ``async with breaker`` reads: the current task."""
-
-    @property
-    def task(self) -> trio.lowlevel.Task:
-        return trio.lowlevel.current_task()
-
-
-def _run_context() -> Any:
-    # Trio's run context, read directly: its ``task`` attribute costs half of
-    # trio.lowlevel.current_task() on the ``async with breaker`` path.
-    try:
-        from trio._core import _run
-    except ImportError:  # pragma: no cover - a future trio without it
-        return _TaskContext()
-    return getattr(_run, "GLOBAL_RUN_CONTEXT", None) or _TaskContext()
-
-
-_RUN_CONTEXT: Any = _run_context()
+_getframe = sys._getframe
 _RATE_BUCKETS = 10
-# A closed breaker without a rate rule or slow-call check reads the clock once per
-# batch of up to _BATCH successes, stamping the batch with its first success's time.
+# A closed breaker without a rate rule, slow-call check or result check reads the clock
+# once per batch of up to _BATCH successes, stamping the batch with its first success.
 _BATCH = 32
 _STALE = -2  # the generation of an untracked call admitted before the last transition
-
+_DISABLED_TICKET = -1
+#: The shortest failure window: its tenth must still be a usable bucket width.
+MIN_WINDOW = 0.001
+_DEFAULT_LOGGER = get_logger()
 
 _CLOSED = CircuitState.CLOSED
 _OPEN = CircuitState.OPEN
@@ -101,6 +86,77 @@ class _Ticket:
         self.source: PermitSource | None = None  # the source that granted it
 
 
+# ---------------------------------------------------------------------- validation
+
+
+def _number(name: str, value: object, **bounds: Any) -> float:
+    """check_number, but an int too large for a float is a ValueError, not OverflowError."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**1023:
+        raise ValueError(
+            f"{name} must be a finite number of seconds, got an int of {value.bit_length()} bits"
+        )
+    return check_number(name, value, **bounds)
+
+
+def _optional_number(name: str, value: object, **bounds: Any) -> float | None:
+    return None if value is None else _number(name, value, **bounds)
+
+
+def _is_async(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
+    )
+
+
+def _check_spec(name: str, spec: object) -> object:
+    """An exception spec: a BaseException type, a tuple of them, or a sync predicate."""
+    if isinstance(spec, type) and not issubclass(spec, BaseException):
+        raise TypeError(
+            f"{name} must be an exception type, a tuple of exception types or a "
+            f"predicate, got the class {spec.__name__}"
+        )
+    if not isinstance(spec, type | tuple) and callable(spec) and _is_async(spec):
+        raise TypeError(f"{name} must be a sync predicate, got the async function {spec!r}")
+    return spec
+
+
+def _check_sync_callable(name: str, fn: object) -> Any:
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable or None, got {fn!r}")
+    if _is_async(fn):
+        raise TypeError(f"{name} must be a sync callable, got the async function {fn!r}")
+    return fn
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when its ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object (repr failed)>"
+
+
+def _json_seconds(value: float) -> float | None:
+    """A duration for a log value: None instead of inf or NaN (JSON has neither)."""
+    return value if math.isfinite(value) else None
+
+
+def _longest_open_period(recovery_timeout: float | Backoff) -> float:
+    """The longest one open period can last: the timeout, or the Backoff's cap."""
+    if not isinstance(recovery_timeout, Backoff):
+        return recovery_timeout
+    cap = getattr(recovery_timeout, "max_delay", None)
+    if isinstance(cap, int | float) and not isinstance(cap, bool) and cap >= 0:
+        return float(cap)
+    delay = getattr(recovery_timeout, "delay", None)
+    jitter = getattr(recovery_timeout, "jitter_factor", 0.0)
+    if isinstance(delay, int | float) and isinstance(jitter, int | float):
+        return float(delay) * (1.0 + float(jitter))
+    return math.inf  # a user's own Backoff: no known bound
+
+
 class CircuitBreaker:
     """Stop calling a failing dependency; let a few probes find out when it is back.
 
@@ -108,21 +164,25 @@ class CircuitBreaker:
     on an async function: all three share one engine. See ``docs/breaker.md``.
 
     Args:
-        name: a label for logs, errors and the registry.
+        name: a label for logs, errors, metrics and the registry.
         failure_threshold: failures within ``failure_window`` that open the breaker
             (``None``: only the rate rule trips it).
-        failure_window: seconds a failure counts for (a true sliding window).
+        failure_window: seconds a failure counts for (a true sliding window; >= 0.001).
         failure_rate_threshold: also open when the failure rate over the window
             (time buckets, approximate to a tenth of it) is at least this, once
-            ``minimum_calls`` calls were seen.
+            ``minimum_calls`` calls were seen. Compared exactly, as the decimal written.
         minimum_calls: calls needed in the window before the rate rule applies.
-        slow_call_duration: a success slower than this (strictly) counts as a failure.
+        slow_call_duration: a success slower than this (strictly, > 0) is a failure.
         recovery_timeout: seconds open before probes are admitted, or a
             :class:`Backoff` whose delays grow on consecutive re-trips.
         success_threshold: consecutive successful probes that close it.
         half_open_max_calls: probes admitted at once (a ``trio.CapacityLimiter``).
-        failure_on: exception spec of failures (type, tuple or predicate).
+        failure_on: exception spec of failures (type, tuple or sync predicate).
         ignore_on: exception spec of outcomes counted as nothing (wins over failure).
+        failure_if_result: a returned value for which it is true counts as a failure
+            (the caller still gets the value).
+        half_open_max_duration: a half-open period that has not closed within this many
+            seconds re-opens (reason ``half_open_timeout``); its probes become stale.
         on_state_change: called with a :class:`StateChange` on every transition.
         logger: a structlog-like logger; default ``structlog.get_logger("trio_resilience")``.
 
@@ -133,36 +193,38 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
-        "_bucket_calls",
-        "_bucket_end",
-        "_bucket_failures",
-        "_bucket_index",
-        "_bucket_width",
-        "_closed",
+        "_clock",
         "_consecutive",
         "_counted_calls",
         "_counted_failures",
         "_entries",
         "_failure_matcher",
-        "_failures",
         "_fast",
         "_fast_with",
+        "_fhead",
+        "_ftimes",
         "_gen",
+        "_half_open_until",
         "_ignore_matcher",
+        "_last_failure",
         "_limiter",
         "_logger",
+        "_lot",
+        "_open_period",
         "_open_until",
-        "_opened_at",
         "_pending",
         "_pending_at",
+        "_plain_probe",
         "_rate_den",
         "_rate_num",
         "_recovery_delays",
+        "_ring",
+        "_ring_hi",
+        "_ring_lo",
+        "_ring_offset",
+        "_run",
         "_shared",
         "_state",
-        "_state_value",
-        "_sum_calls",
-        "_sum_failures",
         "_timed",
         "_times_opened",
         "_total_calls",
@@ -173,11 +235,14 @@ class CircuitBreaker:
         "_total_successes",
         "_untracked",
         "_untracked_stale",
+        "_value",
+        "failure_if_result",
         "failure_on",
         "failure_rate_threshold",
         "failure_threshold",
         "failure_window",
         "half_open_max_calls",
+        "half_open_max_duration",
         "ignore_on",
         "logger",
         "minimum_calls",
@@ -202,15 +267,21 @@ class CircuitBreaker:
         half_open_max_calls: int = 3,
         failure_on: ExceptionSpec = Exception,
         ignore_on: ExceptionSpec = (),
+        failure_if_result: Callable[[Any], bool] | None = None,
+        half_open_max_duration: float | None = None,
         on_state_change: Callable[[StateChange], None] | None = None,
         logger: Any = None,
     ) -> None:
-        self.name = check_str("name", name)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {_safe_repr(name)}")
+        if not name:
+            raise ValueError("name must not be empty, got ''")
+        self.name = name
         self.failure_threshold = check_optional_int(
             "failure_threshold", failure_threshold, minimum=1, maximum=MAX_SIZE
         )
-        self.failure_window = check_number("failure_window", failure_window, gt=0)
-        self.failure_rate_threshold = check_optional_number(
+        self.failure_window = _number("failure_window", failure_window, ge=MIN_WINDOW)
+        self.failure_rate_threshold = _optional_number(
             "failure_rate_threshold", failure_rate_threshold, gt=0, le=1
         )
         self.minimum_calls = check_int("minimum_calls", minimum_calls, minimum=1)
@@ -218,56 +289,68 @@ class CircuitBreaker:
         if self.failure_rate_threshold is not None:
             exact = Fraction(str(self.failure_rate_threshold))
             self._rate_num, self._rate_den = exact.numerator, exact.denominator
-        self.slow_call_duration = check_optional_number(
-            "slow_call_duration", slow_call_duration, ge=0
-        )
+        self.slow_call_duration = _optional_number("slow_call_duration", slow_call_duration, gt=0)
         if isinstance(recovery_timeout, Backoff):
             self.recovery_timeout: float | Backoff = recovery_timeout
+        elif isinstance(recovery_timeout, int | float) and not isinstance(recovery_timeout, bool):
+            self.recovery_timeout = _number("recovery_timeout", recovery_timeout, ge=0)
         else:
-            try:
-                self.recovery_timeout = check_number("recovery_timeout", recovery_timeout, ge=0)
-            except TypeError:
-                raise TypeError(
-                    f"recovery_timeout must be a number or a Backoff, got {recovery_timeout!r}"
-                ) from None
+            got = _safe_repr(recovery_timeout)
+            raise TypeError(f"recovery_timeout must be a number or a Backoff, got {got}")
         self.success_threshold = check_int("success_threshold", success_threshold, minimum=1)
         self.half_open_max_calls = check_int("half_open_max_calls", half_open_max_calls, minimum=1)
-        self.failure_on = failure_on
-        self.ignore_on = ignore_on
+        self.half_open_max_duration = _optional_number(
+            "half_open_max_duration", half_open_max_duration, gt=0
+        )
+        self.failure_on = _check_spec("failure_on", failure_on)
+        self.ignore_on = _check_spec("ignore_on", ignore_on)
         self._failure_matcher = Matcher("failure_on", failure_on)
         self._ignore_matcher = Matcher("ignore_on", ignore_on)
-        self.on_state_change = check_optional_callable("on_state_change", on_state_change)
+        self.failure_if_result = _check_sync_callable("failure_if_result", failure_if_result)
+        self.on_state_change = _check_sync_callable("on_state_change", on_state_change)
         self.logger = check_logger(logger)
-        self._logger = get_logger(logger)
+        self._logger = _DEFAULT_LOGGER if logger is None else logger
 
         self._state = _CLOSED
-        self._closed = True
-        # The sharing port's hooks (owner, listeners, permit source); None until used.
-        self._shared: _Hooks | None = None
-        self._counted_calls = 0
-        self._counted_failures = 0
         self._gen = 0
-        self._state_value: AsyncValue[CircuitState] = AsyncValue(_CLOSED)
-        self._limiter = trio.CapacityLimiter(self.half_open_max_calls)
-        self._entries: dict[trio.lowlevel.Task, Any] = {}
-        self._timed = self.slow_call_duration is not None
+        self._timed = self.slow_call_duration is not None or self.failure_if_result is not None
         self._fast = not self._timed
         self._fast_with = self._fast
+        # Probes need neither a clock nor a ticket: no slow-call or result check, no
+        # half-open timeout, no cluster permits (set again by the sharing port).
+        self._plain_probe = not self._timed and self.half_open_max_duration is None
+        # Created on first use: the half-open limiter, the AsyncValue of state_value and
+        # the parking lot of wait_ready()/serve(); the sharing port's hooks.
+        self._limiter: trio.CapacityLimiter | None = None
+        self._value: AsyncValue[CircuitState] | None = None
+        self._lot: trio.lowlevel.ParkingLot | None = None
+        self._shared: _Hooks | None = None
+        # async with: calls in flight on the closed fast path are only counted; others
+        # are recorded under the frame that entered (see __aenter__).
+        self._entries: dict[Any, Any] = {}
         self._untracked = 0
         self._untracked_stale = 0
+        # The run whose clock the stored times belong to (see _read).
+        self._clock: object = None
+        self._run: object = None
+        # The closed-state window: failure times for the count rule (oldest at _fhead),
+        # and calls and failures in ten time buckets for the rate rule and statistics.
+        self._ftimes: list[float] = []
+        self._fhead = 0
+        self._ring = TimeRing(self.failure_window, _RATE_BUCKETS, 2)
+        # The span and offset of the bucket the rate rule counted in last (see
+        # _count_success): a success in the same bucket skips the ring's advance.
+        self._ring_lo = self._ring_hi = -math.inf
+        self._ring_offset = 0
         self._pending = 0
         self._pending_at = 0.0
-        self._failures: deque[float] = deque(maxlen=self.failure_threshold or 1)
-        self._bucket_width = self.failure_window / _RATE_BUCKETS
-        self._bucket_calls = [0] * _RATE_BUCKETS
-        self._bucket_failures = [0] * _RATE_BUCKETS
-        self._bucket_index = 0
-        self._bucket_end = self._bucket_width
-        self._sum_calls = 0
-        self._sum_failures = 0
-        self._opened_at = 0.0
+        self._counted_calls = 0
+        self._counted_failures = 0
         self._open_until = 0.0
+        self._open_period = 0.0
+        self._half_open_until = math.inf
         self._recovery_delays: Iterator[float] | None = None
+        self._last_failure: BaseException | None = None
         self._consecutive = 0
         self._total_calls = 0
         self._total_successes = 0
@@ -276,6 +359,7 @@ class CircuitBreaker:
         self._total_ignored = 0
         self._total_cancelled = 0
         self._times_opened = 0
+        _live.register("breaker", self)
 
     # ----------------------------------------------------------------- public API
 
@@ -285,8 +369,9 @@ class CircuitBreaker:
         Raises:
             CircuitOpenError: the breaker refused the call; ``fn`` was not called.
 
-        **Cancellation**: a closed breaker adds no checkpoint of its own; ``fn``'s
-        checkpoints decide. A refusal is a checkpoint. Cancellation of ``fn`` counts as
+        **Cancellation**: an admitted call adds no checkpoint of its own; ``fn``'s
+        checkpoints decide. A refusal checks for cancellation first (a cancelled caller
+        gets ``trio.Cancelled``, not a refusal). Cancellation of ``fn`` counts as
         nothing and gives any half-open permit back.
         """
         if self._fast:
@@ -302,37 +387,85 @@ class CircuitBreaker:
                 pending = self._pending
                 if 0 < pending < _BATCH:
                     self._pending = pending + 1
+                elif self._rate_den and self._ring_lo <= _current_time() < self._ring_hi:
+                    # The rate rule, a success in the bucket of the last count.
+                    ring = self._ring
+                    ring.add(self._ring_offset, 0, 1)
+                    self._counted_calls += 1
+                    totals = ring.totals
+                    calls = totals[0]
+                    if (
+                        calls >= self.minimum_calls
+                        and totals[1] * self._rate_den >= self._rate_num * calls
+                    ):
+                        self._rate_trip_on_success()
                 else:
                     self._count_success()
             return result
-        ticket = await self._admit_or_reject()
+        if self._state is _HALF_OPEN and self._plain_probe:
+            # The half-open probe's short path: no clock, no ticket object.
+            gen = self._gen
+            limiter = self._limiter
+            if limiter is None:
+                limiter = self.half_open_limiter
+            borrower = object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                await self._reject()
+            self._total_calls += 1
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._probe_ended(limiter, borrower, gen, exc)
+                raise
+            limiter.release_on_behalf_of(borrower)
+            if self._lot:
+                self._lot.unpark_all()
+            self._total_successes += 1
+            if gen == self._gen:
+                self._consecutive += 1
+                if self._consecutive >= self.success_threshold:
+                    self._transition(_CLOSED, "success_threshold", self._read())
+            return result
+        ticket = self._admit()
+        if ticket is None:
+            await self._reject()
+        if self._shared is not None and ticket.__class__ is _Ticket:
+            await self._cluster_permit(ticket)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             self._settle_error(ticket, exc)
             raise
-        self._settle_success(ticket)
+        self._settle_success(ticket, result)
         return result
 
     async def __aenter__(self) -> CircuitBreaker:
-        # Closed fast path: no per-task record, only a count of the calls in flight.
-        # A transition moves that count to _untracked_stale; while stale entries are in
-        # flight, new entries are recorded per task so that exits can tell them apart.
+        # Closed fast path: no record, only a count of the calls in flight. A transition
+        # moves that count to _untracked_stale; while stale entries are in flight, new
+        # entries are recorded so that exits can tell them apart. Records are keyed by
+        # the frame that runs the ``async with``: the same frame exits it, even when an
+        # async generator is finalized in another task.
         if self._fast_with and not self._entries:
             self._total_calls += 1
             self._untracked += 1
             return self
+        frame = _getframe(1)
         if self._fast:
             self._total_calls += 1
             ticket: Any = self._gen
         else:
-            ticket = await self._admit_or_reject()
-        task = _RUN_CONTEXT.task
+            ticket = self._admit()
+            if ticket is None:
+                await self._reject()
+            if self._shared is not None and ticket.__class__ is _Ticket:
+                await self._cluster_permit(ticket)
         entries = self._entries
-        outer = entries.get(task)
-        if outer is not None:  # the same breaker entered again in the same task
+        outer = entries.get(frame)
+        if outer is not None:  # the same breaker entered again in the same frame
             ticket = [*outer, ticket] if outer.__class__ is list else [outer, ticket]
-        entries[task] = ticket
+        entries[frame] = ticket
         return self
 
     async def __aexit__(
@@ -343,25 +476,22 @@ class CircuitBreaker:
     ) -> None:
         entries = self._entries
         if entries:
-            task = _RUN_CONTEXT.task
-            ticket = entries.pop(task, None)
+            frame = _getframe(1)
+            ticket = entries.pop(frame, None)
             if ticket is not None:
                 if ticket.__class__ is list:
-                    entries[task] = ticket[:-1] if len(ticket) > 2 else ticket[0]
+                    entries[frame] = ticket[:-1] if len(ticket) > 2 else ticket[0]
                     ticket = ticket[-1]
-                if exc is None:
-                    self._settle_success(ticket)
-                else:
-                    self._settle_error(ticket, exc)
+                self._settle(ticket, exc)
                 return
         if self._untracked_stale:
             self._untracked_stale -= 1
             if not self._untracked_stale:
                 self._fast_with = self._fast
-            ticket = _STALE
-        elif self._untracked:
+            self._settle(_STALE, exc)
+            return
+        if self._untracked:
             self._untracked -= 1
-            ticket = self._gen
             if exc is None:
                 self._total_successes += 1
                 pending = self._pending
@@ -370,12 +500,19 @@ class CircuitBreaker:
                 else:
                     self._count_success()
                 return
-        else:
-            raise RuntimeError("breaker exited more often than it was entered")
-        if exc is None:
-            self._settle_success(ticket)
-        else:
-            self._settle_error(ticket, exc)
+            self._settle_error(self._gen, exc)
+            return
+        if entries:
+            # Entered through a helper whose frame differs from the exit's (an
+            # AsyncExitStack): settle the oldest record, so that no permit is kept.
+            frame = next(iter(entries))
+            ticket = entries.pop(frame)
+            if ticket.__class__ is list:
+                entries[frame] = ticket[1:] if len(ticket) > 2 else ticket[1]
+                ticket = ticket[0]
+            self._settle(ticket, exc)
+            return
+        raise RuntimeError("breaker exited more often than it was entered")
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so that every call goes through the breaker."""
@@ -387,7 +524,7 @@ class CircuitBreaker:
         state = self._state
         if state is _OPEN:
             try:
-                if _current_time() >= self._open_until:
+                if self._read() >= self._open_until:
                     return _HALF_OPEN
             except RuntimeError:
                 pass
@@ -397,10 +534,13 @@ class CircuitBreaker:
     def state_value(self) -> AsyncValue[CircuitState]:
         """A ``trio_util.AsyncValue`` of the applied state, to await transitions.
 
-        An open breaker's move to half-open is applied by the next call, so this value
-        reads OPEN until a call arrives after the recovery timeout.
+        Time-driven moves (open to half-open, the half-open timeout) are applied on
+        time while :meth:`serve` runs; without it, by the next call or
+        :meth:`wait_ready`, so this value reads OPEN until then.
         """
-        return self._state_value
+        if self._value is None:
+            self._value = AsyncValue(self._state)
+        return self._value
 
     @property
     def sharing(self) -> BreakerSharing:
@@ -414,6 +554,8 @@ class CircuitBreaker:
     @property
     def half_open_limiter(self) -> trio.CapacityLimiter:
         """The ``trio.CapacityLimiter`` of the current (or next) half-open period."""
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(self.half_open_max_calls)
         return self._limiter
 
     @property
@@ -424,17 +566,74 @@ class CircuitBreaker:
             return math.inf
         if state is _OPEN:
             try:
-                return max(0.0, self._open_until - _current_time())
+                return max(0.0, self._open_until - self._read())
             except RuntimeError:
-                return self._open_until - self._opened_at
+                return self._open_period
         return 0.0
+
+    async def wait_ready(self) -> None:
+        """Return as soon as a call made now would be admitted.
+
+        That is: closed, disabled, open past its recovery time, or half-open with a
+        free probe permit. Without a running :meth:`serve`, it sleeps until the
+        recovery time itself and applies the due move, so tasks that all wait on it
+        and then call never deadlock. A call may still be refused when another task
+        took the last permit first: wait again.
+
+        **Cancellation**: a checkpoint, also when the breaker is ready at once.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            now = self._read()
+            self._apply_due(now)
+            state = self._state
+            if state is _CLOSED or state is _DISABLED:
+                break
+            if state is _HALF_OPEN:
+                limiter = self._limiter
+                if limiter is None or limiter.borrowed_tokens < limiter.total_tokens:
+                    break
+                deadline = self._half_open_until
+            elif state is _OPEN:
+                deadline = self._open_until
+            else:
+                deadline = math.inf  # forced open: until reset() or disable()
+            await self._park_until(deadline)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_closed(self) -> None:
         """Return once the breaker's state is CLOSED.
 
+        It needs calls to close a half-open breaker; it applies the move to half-open
+        at the recovery time itself, as :meth:`wait_ready` does.
+
         **Cancellation**: a checkpoint; cancel it like any wait.
         """
-        await self._state_value.wait_value(_CLOSED)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            now = self._read()
+            self._apply_due(now)
+            if self._state is _CLOSED:
+                break
+            await self._park_until(self._next_due())
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def serve(self) -> NoReturn:
+        """The breaker's duty: apply its time-driven transitions on time.
+
+        Open to half-open at the recovery time and the half-open timeout
+        (``half_open_max_duration``), each logged, in ``state_value``, passed to
+        ``on_state_change`` and waking :meth:`wait_ready`, with no call needed. Run it
+        in a nursery (``open_guarded_nursery`` starts it) or with
+        ``nursery.start_soon(breaker.serve)``. It costs nothing on the call path; the
+        breaker works without it, lazily. Several may run at once.
+
+        **Cancellation**: it runs until cancelled; cancel its nursery to stop it.
+        """
+        while True:
+            now = self._read()
+            self._apply_due(now)
+            await self._park_until(self._next_due())
 
     def force_open(self) -> None:
         """Reject every call (``retry_after == inf``) until :meth:`reset`."""
@@ -451,7 +650,7 @@ class CircuitBreaker:
     def statistics(self) -> CircuitBreakerStatistics:
         """Return a frozen snapshot of the breaker's state and counters."""
         try:
-            now = _current_time()
+            now: float | None = self._read()
         except RuntimeError:
             now = None
         state = self._state
@@ -459,7 +658,7 @@ class CircuitBreaker:
             state = _HALF_OPEN
         failures, calls = self._window_counts(now)
         in_flight = 0
-        if self._state is _HALF_OPEN:
+        if self._state is _HALF_OPEN and self._limiter is not None:
             in_flight = self._limiter.borrowed_tokens
         return CircuitBreakerStatistics(
             state=state,
@@ -481,18 +680,21 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         state = self.state
         if state is _HALF_OPEN and self._state is _HALF_OPEN:
+            probes = 0 if self._limiter is None else self._limiter.borrowed_tokens
             detail = (
                 f"{self._consecutive}/{self.success_threshold} successes, "
-                f"{self._limiter.borrowed_tokens}/{self.half_open_max_calls} probes"
+                f"{probes}/{self.half_open_max_calls} probes"
             )
-        elif self.failure_threshold is not None:
-            try:
-                failures = self._window_counts(_current_time())[0]
-            except RuntimeError:
-                failures = len(self._failures)
-            detail = f"{failures}/{self.failure_threshold} failures"
         else:
-            detail = f"{self._sum_failures}/{self._sum_calls} failed calls"
+            try:
+                now: float | None = self._read()
+            except RuntimeError:
+                now = None
+            failures, calls = self._window_counts(now)
+            if self.failure_threshold is not None:
+                detail = f"{failures}/{self.failure_threshold} failures"
+            else:
+                detail = f"{failures}/{calls} failed calls"
         return f"<CircuitBreaker {self.name!r} {state.value} {detail}>"
 
     # ------------------------------------------- wave-1 hooks (until redis.py moves)
@@ -524,68 +726,145 @@ class CircuitBreaker:
     def _remote_close(self, now: float) -> None:
         self.sharing.close_remote()
 
-    # ----------------------------------------------------------------- the engine
+    # ----------------------------------------------------------------- time and runs
+
+    def _read(self) -> float:
+        """Trio's time now; on first use in a new ``trio.run``, forget the old times.
+
+        A different clock object means a different run (pytest-trio and ``trio.run``
+        make one per run), so only then is the run token compared.
+        """
+        clock = _current_clock()
+        if clock is not self._clock:
+            self._check_run(clock)
+        return clock.current_time()
+
+    def _read_checked(self) -> float:
+        """Like :meth:`_read`, comparing the run token too (a clock reused across runs)."""
+        clock = _current_clock()
+        if clock is not self._clock or run_token() is not self._run:
+            self._check_run(clock)
+        return clock.current_time()
+
+    def _check_run(self, clock: Any) -> None:
+        token = run_token()
+        self._clock = clock
+        if token is self._run:
+            return
+        first = self._run is None
+        self._run = token
+        if first:
+            return
+        # A new run: none of the stored times mean anything any more. (Counts of calls
+        # in flight stay: this run may already have entries whose exits will come.)
+        now = clock.current_time()
+        self._clear_window()
+        state = self._state
+        if state is _OPEN:
+            self._open_until = now + self._open_period
+        elif state is _HALF_OPEN:
+            self._start_half_open(now)  # (no probe of the old run can be in flight)
 
     def _now(self) -> float:
         try:
-            return _current_time()
+            return self._read()
         except RuntimeError:
             return 0.0
 
+    def _next_due(self) -> float:
+        """When the next time-driven transition is due (inf: none)."""
+        state = self._state
+        if state is _OPEN:
+            return self._open_until
+        if state is _HALF_OPEN:
+            return self._half_open_until
+        return math.inf
+
+    def _apply_due(self, now: float) -> None:
+        """Apply the time-driven transitions due at ``now``."""
+        state = self._state
+        if state is _OPEN and now >= self._open_until:
+            self._transition(_HALF_OPEN, "recovery_timeout", now)
+        elif state is _HALF_OPEN and now >= self._half_open_until:
+            self._transition(_OPEN, "half_open_timeout", now)
+
+    async def _park_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` or until the breaker's state or permits change."""
+        lot = self._lot
+        if lot is None:
+            lot = self._lot = trio.lowlevel.ParkingLot()
+        with trio.move_on_at(deadline):
+            await lot.park()
+
+    def _wake(self) -> None:
+        lot = self._lot
+        if lot:
+            lot.unpark_all()
+
+    def _start_half_open(self, now: float) -> None:
+        duration = self.half_open_max_duration
+        self._half_open_until = math.inf if duration is None else now + duration
+
+    # ----------------------------------------------------------------- the engine
+
     def _rejection(self) -> CircuitOpenError:
-        state = self.state
-        retry_after = 0.0 if state is _HALF_OPEN else self.retry_after
-        return CircuitOpenError(self.name, state, retry_after)
+        state = self._state
+        if state is _FORCED_OPEN:
+            return CircuitOpenError(self.name, state, math.inf, None)
+        if state is _HALF_OPEN:
+            return CircuitOpenError(self.name, state, 0.0, self._last_failure)
+        return CircuitOpenError(
+            self.name, state, max(0.0, self._open_until - self._read()), self._last_failure
+        )
+
+    async def _reject(self) -> NoReturn:
+        """Refuse the call: a cancelled caller gets Cancelled, others CircuitOpenError.
+
+        A refusal raises after checking for cancellation, as Trio's channels do, and
+        every 64th refusal also yields to the scheduler: a loop that retries refusals
+        at once still lets other tasks and deadlines run, at 1/64 of the cost.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._total_rejected += 1
+        if not self._total_rejected & 63:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        raise self._rejection()
 
     def _admit(self) -> int | _Ticket | None:
-        """Admit a call outside the closed fast path; None means rejected (and counted)."""
+        """Admit a call outside the closed fast path; None means refused (not counted)."""
         state = self._state
         if state is _CLOSED:
             self._total_calls += 1
-            return _Ticket(self._gen, None, _current_time())
+            return _Ticket(self._gen, None, self._read())
         if state is _DISABLED:
-            return -1
+            return _DISABLED_TICKET
+        if state is _FORCED_OPEN:
+            return None
         if state is _OPEN:
-            now = _current_time()
+            now = self._read()
             if now < self._open_until:
-                self._total_rejected += 1
                 return None
             self._transition(_HALF_OPEN, "recovery_timeout", now)
-        elif state is _FORCED_OPEN:
-            self._total_rejected += 1
-            return None
+        elif self._timed or self._half_open_until != math.inf:
+            now = self._read_checked()
+            if now >= self._half_open_until:
+                self._transition(_OPEN, "half_open_timeout", now)
+                return None
+        else:
+            now = 0.0
         limiter = self._limiter
-        ticket = _Ticket(self._gen, limiter, 0.0)
+        if limiter is None:
+            limiter = self._limiter = trio.CapacityLimiter(self.half_open_max_calls)
+        ticket = _Ticket(self._gen, limiter, now)
         try:
             limiter.acquire_on_behalf_of_nowait(ticket)
         except trio.WouldBlock:
-            self._total_rejected += 1
             return None
         self._total_calls += 1
-        if self._timed:
-            ticket.start = _current_time()
         return ticket
 
-    async def _admit_or_reject(self) -> int | _Ticket:
-        """Admit a call outside the closed fast path, or raise CircuitOpenError.
-
-        A refusal is a checkpoint. A half-open probe also takes a cluster-wide permit
-        when a sharing layer set a permit source (see :class:`BreakerSharing`).
-        """
-        ticket = self._admit()
-        if ticket is None or (
-            self._shared is not None
-            and self._shared.permits is not None
-            and ticket.__class__ is _Ticket
-            and not await self._cluster_permit(ticket)
-        ):
-            error = self._rejection()
-            await trio.lowlevel.checkpoint()
-            raise error
-        return ticket
-
-    async def _cluster_permit(self, ticket: _Ticket) -> bool:
-        """For a half-open probe, also take a cluster-wide permit; False means refused.
+    async def _cluster_permit(self, ticket: _Ticket) -> None:
+        """For a half-open probe, also take a cluster-wide permit, or refuse the call.
 
         On refusal (or cancellation) the local permit and the admission are undone. A
         permit source that raises, or answers anything but a lease, True, False or
@@ -593,7 +872,7 @@ class CircuitBreaker:
         """
         shared = self._shared
         if ticket.limiter is None or shared is None or shared.permits is None:
-            return True
+            return
         source = shared.permits
         try:
             lease = await source.acquire(self)
@@ -606,16 +885,26 @@ class CircuitBreaker:
         if lease is False:
             self._undo_admission(ticket)
             self._total_rejected += 1
-            return False
+            raise CircuitOpenError(self.name, self._state, 0.0, self._last_failure)
         if isinstance(lease, str):
             ticket.lease = lease
             ticket.source = source
-        return True
 
     def _undo_admission(self, ticket: _Ticket) -> None:
         assert ticket.limiter is not None
         ticket.limiter.release_on_behalf_of(ticket)
         self._total_calls -= 1
+        self._wake()
+
+    def _release_permits(self, ticket: _Ticket) -> None:
+        limiter = ticket.limiter
+        if limiter is not None:
+            limiter.release_on_behalf_of(ticket)
+            if ticket.lease is not None:
+                self._release_lease(ticket)
+            lot = self._lot
+            if lot:
+                lot.unpark_all()
 
     def _release_lease(self, ticket: _Ticket) -> None:
         source, lease = ticket.source, ticket.lease
@@ -627,17 +916,24 @@ class CircuitBreaker:
                 self._sharing_failed("release", exc)
 
     def _sharing_failed(self, what: str, exc: BaseException) -> None:
-        self._logger.error(
-            BREAKER_SHARING_FAILED,
-            breaker=self.name,
-            hook=what,
-            error=_safe_repr(exc),
-            exc_info=exc,
-        )
+        self._log("error", BREAKER_SHARING_FAILED, hook=what, error=_safe_repr(exc), exc_info=exc)
 
-    def _settle_success(self, ticket: int | _Ticket) -> None:
-        if ticket.__class__ is int:  # closed fast path or disabled (-1)
-            if ticket == -1:
+    def _log(self, level: str, event: str, **values: Any) -> None:
+        """Log ``event``; a logger (or a value's repr) that raises never reaches a call."""
+        with contextlib.suppress(Exception):
+            getattr(self._logger, level)(event, breaker=self.name, **values)
+
+    def _settle(self, ticket: int | _Ticket, exc: BaseException | None) -> None:
+        if exc is None:
+            self._settle_success(ticket, None, check_result=False)
+        else:
+            self._settle_error(ticket, exc)
+
+    def _settle_success(
+        self, ticket: int | _Ticket, result: Any, *, check_result: bool = True
+    ) -> None:
+        if ticket.__class__ is int:  # closed fast path, disabled (-1) or stale
+            if ticket == _DISABLED_TICKET:
                 return
             self._total_successes += 1
             if ticket == self._gen:
@@ -650,103 +946,216 @@ class CircuitBreaker:
         assert isinstance(ticket, _Ticket)
         limiter = ticket.limiter
         if limiter is not None:
-            limiter.release_on_behalf_of(ticket)
-            if ticket.lease is not None:
-                self._release_lease(ticket)
+            self._release_permits(ticket)
         slow = self.slow_call_duration
-        if slow is not None and _current_time() > ticket.start + slow:
-            self._failed(ticket.gen)
+        if slow is not None and self._read() > ticket.start + slow:
+            self._failed(ticket.gen, None)
             return
+        check = self.failure_if_result
+        if check is not None and check_result:
+            try:
+                failed = bool(check(result))
+            except Exception as error:
+                self._log(
+                    "error",
+                    BREAKER_CLASSIFY_FAILED,
+                    predicate="failure_if_result",
+                    error=_safe_repr(error),
+                    exc_info=error,
+                )
+                failed = True
+            if failed:
+                self._failed(ticket.gen, None)
+                return
         self._total_successes += 1
         if ticket.gen != self._gen:
             return
         if limiter is None:
-            self._record_closed(False)
+            self._record_closed(False, self._read())
             return
         self._consecutive += 1
         if self._consecutive >= self.success_threshold:
-            self._transition(_CLOSED, "success_threshold", _current_time())
+            self._transition(_CLOSED, "success_threshold", self._read())
+
+    def _verdict(self, exc: BaseException) -> int:
+        """Classify ``exc``; a raising predicate makes it a failure (and is logged)."""
+        try:
+            verdict = classify(exc, self._failure_matcher, self._ignore_matcher)
+        except Exception as error:
+            self._log(
+                "error",
+                BREAKER_CLASSIFY_FAILED,
+                predicate="failure_on/ignore_on",
+                error=_safe_repr(error),
+                exc_info=error,
+            )
+            return FAILURE
+        if verdict == SUCCESS and not isinstance(exc, Exception):
+            return IGNORED  # a BaseException nobody named is no evidence of health
+        return verdict
 
     def _settle_error(self, ticket: int | _Ticket, exc: BaseException) -> None:
-        verdict = classify(exc, self._failure_matcher, self._ignore_matcher)
+        if ticket.__class__ is _Ticket:
+            assert isinstance(ticket, _Ticket)
+            if ticket.limiter is not None:
+                self._release_permits(ticket)
+        verdict = self._verdict(exc)
         if verdict == SUCCESS:
-            self._settle_success(ticket)
+            if ticket.__class__ is _Ticket:
+                assert isinstance(ticket, _Ticket)
+                self._success_after_release(ticket)
+            else:
+                self._settle_success(ticket, None, check_result=False)
             return
         if ticket.__class__ is int:
-            if ticket == -1:
+            if ticket == _DISABLED_TICKET:
                 return
-            gen = ticket
+            gen: int = ticket
         else:
-            assert isinstance(ticket, _Ticket)
-            gen = ticket.gen
-            if ticket.limiter is not None:
-                ticket.limiter.release_on_behalf_of(ticket)
-                if ticket.lease is not None:
-                    self._release_lease(ticket)
+            gen = ticket.gen  # type: ignore[union-attr]
         if verdict == FAILURE:
-            self._failed(gen)
+            self._failed(gen, exc)
+        elif verdict == IGNORED:
+            self._total_ignored += 1
+        else:
+            assert verdict == CANCELLED
+            self._total_cancelled += 1
+
+    def _plain_probe_without_source(self) -> bool:
+        return not self._timed and self.half_open_max_duration is None
+
+    def _probe_ended(
+        self, limiter: trio.CapacityLimiter, borrower: object, gen: int, exc: BaseException
+    ) -> None:
+        """A probe of the short path raised: give its permit back, then count it."""
+        limiter.release_on_behalf_of(borrower)
+        self._wake()
+        verdict = self._verdict(exc)
+        if verdict == SUCCESS:
+            self._total_successes += 1
+            if gen == self._gen:
+                self._consecutive += 1
+                if self._consecutive >= self.success_threshold:
+                    self._transition(_CLOSED, "success_threshold", self._read())
+        elif verdict == FAILURE:
+            self._failed(gen, exc)
         elif verdict == IGNORED:
             self._total_ignored += 1
         else:
             self._total_cancelled += 1
 
-    def _failed(self, gen: int) -> None:
+    def _success_after_release(self, ticket: _Ticket) -> None:
+        """A success whose permits were already given back (an error counted as one)."""
+        slow = self.slow_call_duration
+        if slow is not None and self._read() > ticket.start + slow:
+            self._failed(ticket.gen, None)
+            return
+        self._total_successes += 1
+        if ticket.gen != self._gen:
+            return
+        if self._state is _CLOSED:
+            self._record_closed(False, self._read())
+        elif self._state is _HALF_OPEN:
+            self._consecutive += 1
+            if self._consecutive >= self.success_threshold:
+                self._transition(_CLOSED, "success_threshold", self._read())
+
+    def _failed(self, gen: int, exc: BaseException | None) -> None:
         self._total_failures += 1
         if gen != self._gen:
             return
         state = self._state
         if state is _CLOSED:
-            self._record_closed(True)
+            self._record_closed(True, self._read_checked(), exc)
         elif state is _HALF_OPEN:
-            self._transition(_OPEN, "half_open_failure", _current_time())
+            self._transition(_OPEN, "half_open_failure", self._read(), failure=exc)
 
     def _count_success(self) -> None:
         """Count a closed-state success: exactly for the rate rule, else in a batch."""
-        if self.failure_rate_threshold is not None:
-            self._record_closed(False)
+        if self._rate_den:  # the rate rule's per-call path, kept short
+            now = _current_time()
+            ring = self._ring
+            if self._ring_lo <= now < self._ring_hi:  # the bucket of the last count
+                ring.add(self._ring_offset, 0, 1)
+            else:
+                clock = _current_clock()
+                if clock is not self._clock:
+                    self._check_run(clock)
+                ring.add(self._ring_bucket(now), 0, 1)
+            self._counted_calls += 1
+            totals = ring.totals
+            calls = totals[0]
+            if calls >= self.minimum_calls and totals[1] * self._rate_den >= self._rate_num * calls:
+                self._rate_trip_on_success()
             return
         if self._pending:
             self._flush()
+        now = self._read()
         self._pending = 1
-        self._pending_at = _current_time()
+        self._pending_at = now
+
+    def _ring_bucket(self, now: float) -> int:
+        """Advance the ring to ``now``; remember that bucket's span for the next count."""
+        ring = self._ring
+        offset = ring.advance(now)
+        width = ring.width
+        hi = (math.floor(now / width) + 1) * width if math.isfinite(now) else -math.inf
+        self._ring_hi = hi
+        self._ring_lo = hi - width
+        self._ring_offset = offset
+        return offset
+
+    def _rate_trip_on_success(self) -> None:
+        """A success reached minimum_calls at a failing rate: trip, unless the counts
+        turn out to be an earlier run's (then the window starts afresh instead)."""
+        run = self._run
+        now = self._read_checked()
+        if self._run is not run:  # a new run: count this success in the fresh window
+            self._ring.add(self._ring_bucket(now), 0, 1)
+        if self._rate_trips(int(self._ring.total(now, 1)), int(self._ring.totals[0])):
+            self._transition(_OPEN, "failure_rate", now)
 
     def _flush(self) -> None:
         """Count the pending batch of successes in the bucket of its first success."""
-        self._roll(self._pending_at)
-        self._bucket_calls[self._bucket_index % _RATE_BUCKETS] += self._pending
-        self._sum_calls += self._pending
-        self._counted_calls += self._pending
+        pending = self._pending
         self._pending = 0
+        self._ring.count(self._pending_at, 0, pending)
+        self._counted_calls += pending
 
-    def _record_closed(self, failed: bool) -> None:
+    def _record_closed(self, failed: bool, now: float, exc: BaseException | None = None) -> None:
         """Count one current-generation outcome in the closed state; maybe trip."""
         if self._pending:
             self._flush()
-        now = _current_time()
-        if now >= self._bucket_end or now < self._bucket_end - self._bucket_width:
-            self._roll(now)  # checked inline too: this is the rate rule's per-call path
-        slot = self._bucket_index % _RATE_BUCKETS
-        self._bucket_calls[slot] += 1
-        self._sum_calls += 1
+        ring = self._ring
+        offset = self._ring_bucket(now)
+        ring.add(offset, 0, 1)
         self._counted_calls += 1
         if failed:
+            ring.add(offset, 1, 1)
             self._counted_failures += 1
-            self._bucket_failures[slot] += 1
-            self._sum_failures += 1
             threshold = self.failure_threshold
-            if threshold is not None:
-                window = self.failure_window
-                failures = self._failures
-                while failures and failures[0] + window <= now:
-                    failures.popleft()
-                failures.append(now)
-                if len(failures) >= threshold:
-                    self._transition(_OPEN, "failure_threshold", now)
-                    return
-        if self.failure_rate_threshold is not None and self._rate_trips(
-            self._sum_failures, self._sum_calls
-        ):
-            self._transition(_OPEN, "failure_rate", now)
+            if threshold is not None and self._count_failure(now) >= threshold:
+                self._transition(_OPEN, "failure_threshold", now, failure=exc)
+                return
+        if self._rate_den:
+            totals = ring.totals
+            calls = totals[0]
+            if calls >= self.minimum_calls and totals[1] * self._rate_den >= self._rate_num * calls:
+                self._transition(_OPEN, "failure_rate", now, failure=exc)
+
+    def _count_failure(self, now: float) -> int:
+        """Record a failure time for the count rule; return the failures in the window."""
+        times, head = self._ftimes, self._fhead
+        window = self.failure_window
+        size = len(times)
+        while head < size and times[head] + window <= now:
+            head += 1
+        if head > 16 and head * 2 > size:
+            del times[:head]
+            head = 0
+        times.append(now)
+        self._fhead = head
+        return len(times) - head
 
     def _rate_trips(self, failures: int, calls: int) -> bool:
         """The rate rule: ``failures / calls >= failure_rate_threshold``, compared exactly.
@@ -760,58 +1169,60 @@ class CircuitBreaker:
             and failures * self._rate_den >= self._rate_num * calls
         )
 
-    def _roll(self, now: float) -> None:
-        """Move the current bucket to the one holding ``now``, emptying those skipped."""
-        if self._bucket_end - self._bucket_width <= now < self._bucket_end:
-            return
-        index = int(now // self._bucket_width)
-        calls, failures = self._bucket_calls, self._bucket_failures
-        old = self._bucket_index
-        if index - old >= _RATE_BUCKETS or index < old:
-            for i in range(_RATE_BUCKETS):
-                calls[i] = 0
-                failures[i] = 0
-            self._sum_calls = 0
-            self._sum_failures = 0
-        else:
-            for i in range(old + 1, index + 1):
-                slot = i % _RATE_BUCKETS
-                self._sum_calls -= calls[slot]
-                self._sum_failures -= failures[slot]
-                calls[slot] = 0
-                failures[slot] = 0
-        self._bucket_index = index
-        self._bucket_end = (index + 1) * self._bucket_width
-
     def _window_counts(self, now: float | None) -> tuple[int, int]:
         """(failures_in_window, calls_in_window) at ``now`` in the closed state."""
         if self._state is not _CLOSED:
             return 0, 0
+        ring = self._ring
         if now is None:
-            return len(self._failures), self._sum_calls + self._pending
+            failures = int(ring.totals[1])
+            if self.failure_threshold is not None:
+                failures = len(self._ftimes) - self._fhead
+            return failures, int(ring.totals[0]) + self._pending
         if self._pending:
             self._flush()
-        self._roll(now)
+        calls = int(ring.total(now, 0))
         if self.failure_threshold is None:
-            return self._sum_failures, self._sum_calls
+            return int(ring.totals[1]), calls
         window = self.failure_window
-        return sum(1 for t in self._failures if t + window > now), self._sum_calls
+        times = self._ftimes
+        return sum(1 for i in range(self._fhead, len(times)) if times[i] + window > now), calls
 
     def _clear_window(self) -> None:
+        self._ring_lo = self._ring_hi = -math.inf  # forget the cached bucket
         self._pending = 0
-        self._failures.clear()
-        for i in range(_RATE_BUCKETS):
-            self._bucket_calls[i] = 0
-            self._bucket_failures[i] = 0
-        self._sum_calls = 0
-        self._sum_failures = 0
+        self._ftimes.clear()
+        self._fhead = 0
+        self._ring.clear()
+
+    def _next_open_period(self, old: CircuitState) -> float:
+        recovery = self.recovery_timeout
+        if not isinstance(recovery, Backoff):
+            return recovery
+        if old is not _HALF_OPEN or self._recovery_delays is None:
+            self._recovery_delays = recovery.delays()
+        try:
+            delay = next(self._recovery_delays)
+        except Exception:  # a user's Backoff that ended or broke: its longest period
+            self._recovery_delays = None
+            longest = _longest_open_period(recovery)
+            return longest if math.isfinite(longest) else 0.0
+        if not isinstance(delay, int | float) or delay != delay or delay < 0:
+            return 0.0
+        return float(delay)
 
     def _transition(
-        self, new: CircuitState, reason: str, now: float, open_for: float | None = None
+        self,
+        new: CircuitState,
+        reason: str,
+        now: float,
+        open_for: float | None = None,
+        failure: BaseException | None = None,
     ) -> None:
-        """Enter ``new`` (or renew the same state): new generation, log, listener.
+        """Enter ``new`` (or renew the same state): new generation, log, listeners.
 
-        ``open_for`` (entering OPEN only) replaces the recovery timeout of this period.
+        ``open_for`` (entering OPEN only) replaces the recovery timeout of this period;
+        ``failure`` is the exception that opened it (``CircuitOpenError.last_failure``).
         """
         old = self._state
         failures_in_window = self._window_counts(now)[0] if old is _CLOSED else 0
@@ -820,59 +1231,54 @@ class CircuitBreaker:
         self._untracked_stale += self._untracked
         self._untracked = 0
         self._consecutive = 0
-        retry_after = 0.0
+        retry_after: float = 0.0
         if new is _CLOSED:
             self._clear_window()
             self._recovery_delays = None
+            self._last_failure = None
         elif new is _OPEN:
-            if old is _HALF_OPEN and self._recovery_delays is not None:
-                timeout = next(self._recovery_delays)
-            elif isinstance(self.recovery_timeout, Backoff):
-                self._recovery_delays = self.recovery_timeout.delays()
-                timeout = next(self._recovery_delays)
-            else:
-                timeout = self.recovery_timeout
+            timeout = self._next_open_period(old)
             if open_for is not None:
                 timeout = open_for
-            self._opened_at = now
+            self._last_failure = failure
+            self._open_period = timeout
             self._open_until = now + timeout
             self._times_opened += 1
             retry_after = timeout
         elif new is _HALF_OPEN:
-            self._limiter = trio.CapacityLimiter(self.half_open_max_calls)
+            self._limiter = None  # a fresh limiter per half-open period, made on first use
+            self._start_half_open(now)
         elif new is _FORCED_OPEN:
+            self._last_failure = None
             retry_after = math.inf
         self._state = new
-        self._closed = new is _CLOSED
-        self._fast = self._closed and not self._timed
+        self._fast = new is _CLOSED and not self._timed
         self._fast_with = self._fast and not self._untracked_stale
         if new is old:
             return  # e.g. reset() of a closed breaker: a new generation, nothing to announce
-        self._state_value.value = new
-        log = self._logger.warning if new is _OPEN or new is _FORCED_OPEN else self._logger.info
-        log(
+        if self._value is not None:
+            self._value.value = new
+        self._wake()
+        self._log(
+            "warning" if new is _OPEN or new is _FORCED_OPEN else "info",
             BREAKER_STATE_CHANGED,
-            breaker=self.name,
             old_state=old,
             new_state=new,
             reason=reason,
             failures_in_window=failures_in_window,
-            retry_after=retry_after,
+            retry_after=_json_seconds(retry_after),
         )
         listener = self.on_state_change
+        shared = self._shared
+        if listener is None and (shared is None or not shared.listeners):
+            return
+        change = StateChange(self.name, old, new, reason, now)
         if listener is not None:
             try:
-                listener(StateChange(self.name, old, new, reason, now))
+                listener(change)
             except Exception as exc:
-                self._logger.error(
-                    BREAKER_LISTENER_FAILED,
-                    breaker=self.name,
-                    error=repr(exc),
-                    exc_info=exc,
-                )
-        shared = self._shared
-        if shared is not None and shared.listeners:
-            change = StateChange(self.name, old, new, reason, now)
+                self._log("error", BREAKER_LISTENER_FAILED, error=_safe_repr(exc), exc_info=exc)
+        if shared is not None:
             for fn in tuple(shared.listeners):
                 try:
                     fn(change)
@@ -891,9 +1297,20 @@ class PermitSource(Protocol):
     ``release`` must not block; an exception it raises is logged and dropped.
     """
 
-    async def acquire(self, breaker: CircuitBreaker, /) -> str | bool | None: ...
+    async def acquire(self, breaker: CircuitBreaker, /) -> str | bool | None:
+        """Take a cluster-wide probe permit for ``breaker``.
 
-    def release(self, breaker: CircuitBreaker, lease: str, /) -> None: ...
+        Returns:
+            a lease id, True, False (refused) or None (no answer: decide locally).
+
+        **Cancellation**: the probe waits on it; a cancelled wait must take no permit
+        (or one that expires on its own), and the probe's local permit is given back.
+        """
+        ...
+
+    def release(self, breaker: CircuitBreaker, lease: str, /) -> None:
+        """Give back the permit ``lease`` (sync: schedule the work, do not block)."""
+        ...
 
 
 class _ObserverList(list[Any]):
@@ -935,28 +1352,6 @@ class _Hooks:
         self.owner: object = None
         self.listeners: list[Callable[[StateChange], None]] = []
         self.permits: PermitSource | None = None
-
-
-def _safe_repr(value: object) -> str:
-    """``repr(value)``, or a placeholder when its ``__repr__`` raises."""
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__} object (repr failed)>"
-
-
-def _longest_open_period(recovery_timeout: float | Backoff) -> float:
-    """The longest one open period can last: the timeout, or the Backoff's cap."""
-    if not isinstance(recovery_timeout, Backoff):
-        return recovery_timeout
-    cap = getattr(recovery_timeout, "max_delay", None)
-    if isinstance(cap, int | float) and not isinstance(cap, bool) and cap >= 0:
-        return float(cap)
-    delay = getattr(recovery_timeout, "delay", None)
-    jitter = getattr(recovery_timeout, "jitter_factor", 0.0)
-    if isinstance(delay, int | float) and isinstance(jitter, int | float):
-        return float(delay) * (1.0 + float(jitter))
-    return math.inf  # a user's own Backoff: no known bound
 
 
 class BreakerSharing:
@@ -1085,7 +1480,7 @@ class BreakerSharing:
         ) or not math.isfinite(deadline):
             return False
         try:
-            now = _current_time()
+            now = breaker._read()
         except RuntimeError:
             return False
         until = min(float(deadline), now + self.longest_open_period)
@@ -1097,6 +1492,8 @@ class BreakerSharing:
             return True
         if state is _OPEN and until > breaker._open_until:
             breaker._open_until = until
+            breaker._open_period = until - now
+            breaker._wake()
             return True
         return False
 
@@ -1110,7 +1507,7 @@ class BreakerSharing:
         if breaker._state is not _CLOSED:
             return False
         try:
-            now = _current_time()
+            now = breaker._read()
         except RuntimeError:
             return False
         breaker._transition(_OPEN, reason, now)
@@ -1165,6 +1562,7 @@ class BreakerSharing:
         shared = self.breaker._shared
         if shared is not None and shared.owner is owner:
             self.breaker._shared = None
+            self.breaker._plain_probe = self.breaker._plain_probe_without_source()
 
     def add_listener(self, fn: Callable[[StateChange], None]) -> None:
         """Call ``fn(change)`` after every transition (local or applied by the port).
@@ -1206,6 +1604,8 @@ class BreakerSharing:
                 f"source must have acquire(breaker) and release(breaker, lease), got {source!r}"
             )
         self._hooks().permits = source
+        breaker = self.breaker
+        breaker._plain_probe = source is None and breaker._plain_probe_without_source()
 
     def __repr__(self) -> str:
         return f"<BreakerSharing of {self.breaker!r}>"
@@ -1232,6 +1632,14 @@ class BreakerRegistry:
             breaker = CircuitBreaker(name, **{**self.defaults, **overrides})
             self._breakers[name] = breaker
         return breaker
+
+    def remove(self, name: str) -> CircuitBreaker:
+        """Forget the breaker called ``name`` and return it (a later ``get`` makes a new one).
+
+        Raises:
+            KeyError: no breaker of that name was made.
+        """
+        return self._breakers.pop(name)
 
     def statistics(self) -> dict[str, CircuitBreakerStatistics]:
         """Return ``{name: statistics}`` for every breaker made so far."""

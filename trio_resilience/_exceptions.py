@@ -37,13 +37,23 @@ class CircuitOpenError(ResilienceError):
         state: the breaker's state when it refused (a :class:`CircuitState`).
         retry_after: seconds until the breaker can admit a probe; ``0.0`` when it is
             half-open and every probe permit is busy, ``math.inf`` when forced open.
+        last_failure: the exception that opened the breaker; ``None`` when it was
+            forced open, opened by a slow call, a rejected result, a half-open timeout
+            or another process.
     """
 
-    def __init__(self, name: str, state: CircuitState, retry_after: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        state: CircuitState,
+        retry_after: float,
+        last_failure: BaseException | None = None,
+    ) -> None:
         super().__init__(name, state, retry_after)
         self.name = name
         self.state = state
         self.retry_after = retry_after
+        self.last_failure = last_failure
 
     def __str__(self) -> str:
         return (
