@@ -691,6 +691,23 @@ async def test_a_breaker_is_shared_by_one_block_at_a_time(shared_server: RedisSe
     assert not limiter.remote_attached
 
 
+async def test_the_blocks_own_error_and_cancellation_come_out_as_themselves(
+    shared_server: RedisServer,
+) -> None:
+    """An error raised in the block is not wrapped in an ExceptionGroup, and cancelling
+    the block from outside ends it cleanly, with a URL or a client passed in."""
+    client = coredis.Redis("127.0.0.1", shared_server.port)
+    async with client:
+        for target in (shared_server.url, client):
+            with pytest.raises(KeyError, match="mine"):
+                async with open_shared_state(target, CircuitBreaker("db"), prefix=fresh()):
+                    raise KeyError("mine")
+            with trio.move_on_after(0.2) as scope:
+                async with open_shared_state(target, CircuitBreaker("db"), prefix=fresh()):
+                    await trio.sleep(10)
+            assert scope.cancelled_caught
+
+
 async def test_password_urls_work(redis_server: RedisServer) -> None:
     """A redis:// URL with a password reaches a server that requires one; a wrong one
     degrades to local decisions."""

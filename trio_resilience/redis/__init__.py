@@ -126,17 +126,28 @@ async def open_shared_state(
         logger=check_logger(logger),
     )
     state._attach()
+    body_error: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(state.run)
-            try:
-                yield state
-            finally:
-                # Trips, closes and lease releases not yet sent go out now (bounded).
-                with trio.CancelScope(shield=True), trio.move_on_after(state.exit_flush):
-                    await state._flush()
-                state._closing = True
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(state.run)
+                try:
+                    yield state
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    # Trips, closes and lease releases not yet sent go out now (bounded).
+                    with trio.CancelScope(shield=True), trio.move_on_after(state.exit_flush):
+                        await state._flush()
+                    state._closing = True
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The block's own error comes out as itself, not wrapped by our nursery.
+            if body_error is None or list(group.exceptions) != [body_error]:
+                raise
+        if body_error is not None:
+            raise body_error
     finally:
         state._closing = True
         state._detach()

@@ -355,7 +355,12 @@ class SharedState:
                 task_status.started()
 
         if self.url is None:
-            await self._serve(start)
+            try:
+                await self._serve(start)
+            except BaseException:
+                if self._closing:
+                    return  # the client's teardown noise while the block exits
+                raise
             return
         delays = _RECONNECT.delays()
         while True:
