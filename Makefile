@@ -25,10 +25,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict trio_resilience tests/typing
 
-# The Redis tests start their own redis-server on a free loopback port; install the
-# Debian package where it is missing (as root, with apt-get), else those tests skip.
+# The Redis tests start their own redis-server, and a 3-master Redis Cluster, on free
+# loopback ports; install the Debian package where it is missing (as root, with
+# apt-get), else those tests skip.
 services:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; \
 	  else echo "redis-server missing: the Redis tests will be skipped"; fi; }

@@ -1,18 +1,18 @@
 """Shared state on a real redis-server on loopback (real time: these tests may wait).
 
-The fixture starts redis-server on a free port; make test / .ci/run install it.
-Several OS processes, each with its own trio.run, share breakers through it.
+The fixtures (tests/redis_servers.py) start redis-server on free ports; ``make test``
+installs it where missing. Each test uses its own key prefix on a shared server, or
+its own server when it kills or pauses it. Several OS processes, each with its own
+trio.run, share breakers through tests/redis_worker.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
+import math
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,142 +21,29 @@ import trio
 
 coredis = pytest.importorskip("coredis")
 
-from trio_resilience import CircuitBreaker, CircuitState, RetryBudget  # noqa: E402
+from trio_resilience import (  # noqa: E402
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    RateLimiter,
+    RateLimitExceeded,
+    RetryBudget,
+)
 from trio_resilience.redis import open_shared_state  # noqa: E402
 
 from .conftest import Boom  # noqa: E402
+from .redis_servers import (  # noqa: E402
+    REDIS,
+    RedisServer,
+    free_port,
+    redis_server,
+    shared_server,
+)
+
+_FIXTURES = (redis_server, shared_server)  # pytest finds fixtures by module name
 
 WORKER = Path(__file__).parent / "redis_worker.py"
-REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed")
-
-
-class RedisServer:
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *extra: str) -> None:
-        assert REDIS is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def password_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start("--requirepass", "s3cret")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def spawn(url: str, role: str, prefix: str, scenario: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), url, role, prefix, scenario],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-    )
-
-
-def collect(process: subprocess.Popen[str], timeout: float = 30) -> list[dict[str, Any]]:
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-def first(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return next(e for e in events if e["event"] == name)
-
-
-def test_a_trip_in_one_process_is_seen_by_all_within_the_sync_interval(
-    redis_server: RedisServer,
-) -> None:
-    """Three processes; one trips; the others reject within the sync interval."""
-    workers = [spawn(redis_server.url, role, "t1", "trip") for role in ("tripper", "a", "b")]
-    results = [collect(w) for w in workers]
-    tripped = first(results[0], "tripped")["time"]
-    for events in results[1:]:
-        seen = first(events, "open")
-        assert seen["time"] - tripped < 0.1 + 0.3  # sync interval plus process slack
-        assert 29.0 < seen["retry_after"] <= 30.5  # the shared deadline, to clock offset
-
-
-def test_cluster_wide_probes_never_exceed_the_limit(redis_server: RedisServer) -> None:
-    """Three processes x 10 probes after the recovery timeout: at most 2 run at once."""
-    workers = [spawn(redis_server.url, role, "t2", "probes") for role in ("tripper", "a", "b")]
-    results = [first(collect(w), "probes") for w in workers]
-    assert max(r["peak"] for r in results) <= 2
-    assert sum(r["admitted"] for r in results) >= 2
-
-
-def test_processes_survive_redis_restart_and_resync(redis_server: RedisServer) -> None:
-    """Redis is killed and restarted mid-run; both processes keep serving and resync."""
-    workers = [spawn(redis_server.url, role, "t3", "survive") for role in ("tripper", "b")]
-    time.sleep(2.0)
-    redis_server.stop()
-    time.sleep(2.0)
-    redis_server.start()
-    results = [collect(w) for w in workers]
-    for events in results:
-        names = [e["event"] for e in events]
-        assert "trio_resilience.redis.degraded" in names
-        assert "trio_resilience.redis.recovered" in names
-        assert names.index("trio_resilience.redis.degraded") < names.index(
-            "trio_resilience.redis.recovered"
-        )
-        served_while_down = [e["served"] for e in events if e["event"] == "served"]
-        assert served_while_down == sorted(served_while_down)
-        assert first(events, "done")["served"] > 50
-    tripped = first(results[0], "tripped")["time"]
-    assert first(results[1], "open")["time"] - tripped < 0.5  # resynced after the restart
-
-
-# ------------------------------------------------------------------ in one process
 
 
 class Capture:
@@ -168,116 +55,605 @@ class Capture:
 
     warning = error = info
 
-
-async def test_late_joiner_reads_the_shared_trip(redis_server: RedisServer) -> None:
-    """A process that joins after a trip reads the key and opens until the deadline."""
-    first_breaker = CircuitBreaker("late", failure_threshold=1, recovery_timeout=5.0)
-    async with open_shared_state(redis_server.url, first_breaker, prefix="t4", sync_interval=0.05):
-        await _trip(first_breaker)
-        await trio.sleep(0.2)
-    joiner = CircuitBreaker("late", failure_threshold=1, recovery_timeout=5.0)
-    async with open_shared_state(redis_server.url, joiner, prefix="t4", sync_interval=0.05) as s:
-        assert joiner.state is CircuitState.OPEN
-        assert 4.0 < joiner.retry_after <= 5.1  # to the clock offset estimate
-        assert s.statistics().received == 1
-    assert joiner._cluster is None  # detached after the block
-    assert joiner._observers == []
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [kw for e, kw in self.events if e == event]
 
 
-async def _trip(breaker: CircuitBreaker) -> None:
-    async def fail() -> None:
-        raise Boom
+def fresh() -> str:
+    return "t" + uuid.uuid4().hex[:8]
 
-    for _ in range(breaker.failure_threshold or 1):
+
+async def fail() -> None:
+    raise Boom
+
+
+async def trip(breaker: CircuitBreaker, times: int | None = None) -> None:
+    for _ in range(times or breaker.failure_threshold or 1):
         try:
             await breaker.call(fail)
-        except Boom:
+        except (Boom, CircuitOpenError):
             pass
 
 
-async def test_shared_counts_trip_every_process(redis_server: RedisServer) -> None:
-    """With share_counts, failures spread over two sharers add up to the threshold."""
-    a = CircuitBreaker("counts", failure_threshold=4, failure_window=10.0)
-    b = CircuitBreaker("counts", failure_threshold=4, failure_window=10.0)
+async def wait_for(predicate: Any, limit: float = 2.0) -> float:
+    """Poll every millisecond; return the seconds it took (fails after ``limit``)."""
+    start = trio.current_time()
+    while not predicate():
+        if trio.current_time() - start > limit:
+            raise AssertionError("condition not reached in time")
+        await trio.sleep(0.001)
+    return trio.current_time() - start
+
+
+def raw(server: RedisServer) -> Any:
+    return coredis.Redis.from_url(server.url, decode_responses=True)
+
+
+# ------------------------------------------------------------------ the nine defects
+
+
+async def test_remote_deadline_is_exact_to_the_millisecond(shared_server: RedisServer) -> None:
+    """Server time to the microsecond: a sharer opens until the tripper's deadline, not
+    up to a second past it (coredis's time() dropped the sub-second part)."""
+    prefix = fresh()
+    for trial in range(3):
+        a = CircuitBreaker(f"exact{trial}", failure_threshold=1, recovery_timeout=0.4)
+        b = CircuitBreaker(f"exact{trial}", failure_threshold=1, recovery_timeout=0.4)
+        async with (
+            open_shared_state(shared_server.url, a, prefix=prefix, trip_quorum=1),
+            open_shared_state(shared_server.url, b, prefix=prefix, trip_quorum=1),
+        ):
+            await trip(a)
+            await wait_for(lambda b=b: b.state is CircuitState.OPEN)
+            assert abs(b.retry_after - a.retry_after) < 0.02
+            await trio.sleep(a.retry_after + 0.03)
+            assert b.state is CircuitState.HALF_OPEN  # a probe is admitted on time
+            assert await b.call(trio.sleep, 0) is None
+
+
+async def test_garbage_under_a_key_never_degrades_sharing(shared_server: RedisServer) -> None:
+    """A wrong-typed key or unparsable fields are data errors: replaced and counted in
+    ``malformed``; Redis still counts as up and trips still spread."""
+    prefix = fresh()
+    client = raw(shared_server)
+    a = CircuitBreaker("db", failure_threshold=1)
+    b = CircuitBreaker("db", failure_threshold=1)
+    async with client:
+        await client.set(f"{{{prefix}:db}}:state", "garbage")
+        await client.set(f"{{{prefix}:db}}:trips", "garbage")
+        await client.hset(f"{{{prefix}:db}}:counts:60000", {"f:1": "x", "junk": "1"})
+        async with (
+            open_shared_state(shared_server.url, a, prefix=prefix, trip_quorum=1) as sa,
+            open_shared_state(
+                shared_server.url, b, prefix=prefix, trip_quorum=1, share_counts=True
+            ) as sb,
+        ):
+            await trio.sleep(0.3)
+            assert sa.statistics().connected
+            assert sb.statistics().connected
+            assert sa.statistics().malformed + sb.statistics().malformed >= 2
+            assert sa.statistics().degraded_since is None
+            await trip(a)
+            await wait_for(lambda: b.state is CircuitState.OPEN)
+
+
+async def test_nested_and_huge_messages_are_refused(shared_server: RedisServer) -> None:
+    """A deeply nested, a huge or a binary message is malformed: never a RecursionError,
+    never an exception out of the block."""
+    prefix = fresh()
+    logger = Capture()
+    breaker = CircuitBreaker("db", failure_threshold=1)
+    client = raw(shared_server)
     async with (
-        open_shared_state(redis_server.url, a, prefix="t5", sync_interval=0.05, share_counts=True),
-        open_shared_state(redis_server.url, b, prefix="t5", sync_interval=0.05, share_counts=True),
+        client,
+        open_shared_state(shared_server.url, breaker, prefix=prefix, logger=logger) as shared,
     ):
-
-        async def fail() -> None:
-            raise Boom
-
-        for breaker in (a, b, a, b):
-            try:
-                await breaker.call(fail)
-            except Boom:
-                pass
-        assert a.state is CircuitState.CLOSED  # 2 local failures each
+        channel = f"{prefix}:events"
+        await client.publish(channel, "[" * 100_000 + "]" * 100_000)
+        await client.publish(channel, json.dumps({"a": [[[[[[[[]]]]]]]]}))
+        await client.publish(channel, "v2|db|" + "x" * 10_000)
+        await client.publish(channel, "v2||")
         await trio.sleep(0.3)
-        assert a.state is CircuitState.OPEN
-        assert b.state is CircuitState.OPEN
+        assert shared.statistics().malformed == 4
+        assert shared.statistics().connected
+        assert shared.statistics().subscribed
+        assert breaker.state is CircuitState.CLOSED
+    # Logged at most once per second, with the count since the last event.
+    assert [kw["count"] for kw in logger.named("trio_resilience.redis.malformed")] == [1]
 
 
-async def test_retry_budget_tokens_are_shared(redis_server: RedisServer) -> None:
-    """Deposits in one process fund retries in another."""
-    rich = RetryBudget(ratio=1.0, min_retries_per_second=0.0)
-    poor = RetryBudget(ratio=1.0, min_retries_per_second=0.0)
+async def test_stored_deadlines_never_outlast_the_own_longest_open_period(
+    shared_server: RedisServer,
+) -> None:
+    """Trips claiming an open deadline of 1e297 (or beyond any digit count) keep a
+    breaker open no longer than its own recovery timeout."""
+    prefix = fresh()
+    client = raw(shared_server)
+    breaker = CircuitBreaker("db", recovery_timeout=0.5)
+    async with client:
+        t = await client.execute_command(
+            client.create_request(b"TIME", callback=coredis.response._callbacks.NoopCallback())
+        )
+        now_us = int(t[0]) * 1_000_000 + int(t[1])
+        await client.hset(
+            f"{{{prefix}:db}}:trips",
+            {
+                "x": f"{now_us}:{'9' * 300}",
+                "y": f"{now_us}:{10**297}",
+                "z": f"{now_us}:{now_us + 10**15}",
+                "w": f"{now_us}:{now_us + 10**12}",
+            },
+        )
+        await client.hset(f"{{{prefix}:db}}:state", {"ver": "1"})
+        async with open_shared_state(shared_server.url, breaker, prefix=prefix) as shared:
+            assert breaker.state is CircuitState.OPEN
+            assert breaker.retry_after <= 0.5
+            await trio.sleep(0.55)
+            assert breaker.state is CircuitState.HALF_OPEN
+            assert shared.statistics().received == 1
+            assert shared.statistics().malformed >= 1  # x and y, replaced by the script
+
+
+async def test_infinite_leases_never_block_probes(shared_server: RedisServer) -> None:
+    """Three +inf leases (and one far-future lease) are beyond any permit_lease: probes
+    are still admitted."""
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    client = raw(shared_server)
+    breaker = CircuitBreaker("db", half_open_max_calls=3, success_threshold=1)
+    async with client:
+        await client.zadd(
+            f"{{{prefix}:db}}:probes", {"a": math.inf, "b": math.inf, "c": math.inf, "d": 1e300}
+        )
+        async with open_shared_state(
+            shared_server.url, breaker, prefix=prefix, permit_timeout=0.5
+        ) as shared:
+            set_breaker_state(breaker, "half_open")
+            lease = await shared.acquire(breaker)
+            assert isinstance(lease, str)
+            shared.release(breaker, lease)
+            await breaker.call(trio.sleep, 0)
+            assert breaker.state is CircuitState.CLOSED
+
+
+async def test_shared_counts_are_cleared_when_the_breaker_closes(
+    shared_server: RedisServer,
+) -> None:
+    """With share_counts, a breaker that recovered does not re-trip on the old failures
+    at the next syncs."""
+    prefix = fresh()
+    opts: dict[str, Any] = {"failure_threshold": 4, "recovery_timeout": 0.3}
+    a = CircuitBreaker("db", success_threshold=1, **opts)
+    b = CircuitBreaker("db", success_threshold=1, **opts)
+    common: dict[str, Any] = {"prefix": prefix, "share_counts": True, "sync_interval": 0.05}
     async with (
-        open_shared_state(redis_server.url, retry_budgets=[rich], prefix="t6", sync_interval=0.05),
-        open_shared_state(redis_server.url, retry_budgets=[poor], prefix="t6", sync_interval=0.05),
+        open_shared_state(shared_server.url, a, **common),
+        open_shared_state(shared_server.url, b, **common),
+    ):
+        for breaker in (a, b, a, b):
+            await trip(breaker, 1)
+        assert a.state is CircuitState.CLOSED  # two local failures each
+        await wait_for(lambda: a.state is CircuitState.OPEN and b.state is CircuitState.OPEN)
+        await trio.sleep(0.35)
+        await a.call(trio.sleep, 0)  # a's probe closes it; the close spreads to b
+        await wait_for(lambda: b.state is CircuitState.CLOSED)
+        await trio.sleep(0.4)  # eight syncs
+        assert a.state is CircuitState.CLOSED
+        assert b.state is CircuitState.CLOSED
+
+
+async def test_a_stall_never_orphans_a_probe_lease(redis_server: RedisServer) -> None:
+    """A permit request that times out while Redis is stalled is released at the next
+    sync: the cluster's probes are free again within a sync, not after permit_lease."""
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    breaker = CircuitBreaker("db", half_open_max_calls=1, success_threshold=5)
+    other = CircuitBreaker("db", half_open_max_calls=1, success_threshold=5)
+    async with (
+        open_shared_state(redis_server.url, breaker, prefix=prefix, sync_interval=0.05) as shared,
+        open_shared_state(
+            redis_server.url, other, prefix=prefix, sync_interval=0.05, permit_timeout=0.5
+        ) as shared_other,
+    ):
+        set_breaker_state(breaker, "half_open")
+        set_breaker_state(other, "half_open")
+        redis_server.pause()
+        assert await shared.acquire(breaker) is None  # timed out: the local limiter decides
+        await trio.sleep(0.1)
+        redis_server.resume()
+        await wait_for(lambda: shared.statistics().connected, limit=5.0)
+        await trio.sleep(0.3)
+        lease = await shared_other.acquire(other)
+        assert isinstance(lease, str)  # the stalled request's lease was released
+
+
+async def test_a_cancellation_storm_leaves_no_permit_or_lease(shared_server: RedisServer) -> None:
+    """Fifty probes cancelled at random points (while waiting for the cluster permit or
+    while running) give back every local permit, and every lease is released."""
+    import random
+
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    rng = random.Random(18)
+    breaker = CircuitBreaker("db", half_open_max_calls=3, success_threshold=10_000)
+    client = raw(shared_server)
+    async with (
+        client,
+        open_shared_state(
+            shared_server.url, breaker, prefix=prefix, sync_interval=0.05, permit_timeout=0.5
+        ),
+    ):
+        set_breaker_state(breaker, "half_open")
+
+        async def probe(start: float, delay: float, hold: float) -> None:
+            await trio.sleep(start)
+            with trio.move_on_after(delay):
+                try:
+                    async with breaker:
+                        await trio.sleep(hold)
+                except CircuitOpenError:
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                start, delay, hold = (
+                    rng.uniform(0, 0.1),
+                    rng.uniform(0, 0.01),
+                    rng.uniform(0, 0.02),
+                )
+                nursery.start_soon(probe, start, delay, hold)
+        assert breaker.statistics().half_open_in_flight == 0
+        assert breaker.statistics().total_calls >= 3  # leases were taken
+        await trio.sleep(0.3)
+        assert await client.zcard(f"{{{prefix}:db}}:probes") == 0
+
+
+async def test_names_that_share_a_prefix_never_collide(shared_server: RedisServer) -> None:
+    """Breakers named "db" and "db:probes" (and "{x}") get their own keys and trips."""
+    prefix = fresh()
+    names = ["db", "db:probes", "{db}", "db%3Aprobes"]
+    here = [CircuitBreaker(n, failure_threshold=1) for n in names]
+    there = [CircuitBreaker(n, failure_threshold=1) for n in names]
+    client = raw(shared_server)
+    async with (
+        client,
+        open_shared_state(shared_server.url, *here, prefix=prefix, trip_quorum=1),
+        open_shared_state(shared_server.url, *there, prefix=prefix, trip_quorum=1),
+    ):
+        await trip(here[1])
+        await wait_for(lambda: there[1].state is CircuitState.OPEN)
+        await trio.sleep(0.3)
+        assert [b.state for b in there] == [
+            CircuitState.CLOSED,
+            CircuitState.OPEN,
+            CircuitState.CLOSED,
+            CircuitState.CLOSED,
+        ]
+        keys = await client.keys(f"*{prefix}*")
+        tags = {k.split("}")[0] + "}" for k in keys}
+        assert len(tags) == 4  # one hash tag per breaker, all distinct
+
+
+async def test_differing_configurations_never_delete_each_others_counts(
+    shared_server: RedisServer,
+) -> None:
+    """A sharer with a 1 s window and one with a 60 s window: the short one's syncs leave
+    the long one's counts alone, and the long one still trips on them."""
+    prefix = fresh()
+    short = CircuitBreaker("db", failure_threshold=100, failure_window=1.0)
+    long_a = CircuitBreaker("db", failure_threshold=3, failure_window=60.0)
+    long_b = CircuitBreaker("db", failure_threshold=3, failure_window=60.0)
+    common: dict[str, Any] = {
+        "prefix": prefix,
+        "share_counts": True,
+        "sync_interval": 0.05,
+        "trip_quorum": 1,
+    }
+    client = raw(shared_server)
+    async with (
+        client,
+        open_shared_state(shared_server.url, short, **common),
+        open_shared_state(shared_server.url, long_a, **common),
+        open_shared_state(shared_server.url, long_b, **common),
+    ):
+        await trip(long_a, 2)
+        await trio.sleep(1.3)  # the short window passes; the short sharer syncs 26 times
+        fields = await client.hgetall(f"{{{prefix}:db}}:counts:60000")
+        assert sum(int(v) for k, v in fields.items() if k.startswith("f:")) == 2
+        await trip(long_b, 1)
+        await wait_for(lambda: long_a.state is CircuitState.OPEN)
+        assert short.state is CircuitState.CLOSED
+
+
+async def test_extreme_accepted_values_never_crash_a_call(shared_server: RedisServer) -> None:
+    """The largest finite settings and breaker values are accepted and work; NaN, inf,
+    zero and bools are refused at once (ValueError or TypeError, never OverflowError)."""
+    prefix = fresh()
+    a = CircuitBreaker("db", failure_threshold=1, failure_window=1e12, recovery_timeout=1e12)
+    b = CircuitBreaker("db", failure_threshold=1, failure_window=1e12, recovery_timeout=1e12)
+    extreme: dict[str, Any] = {
+        "prefix": prefix,
+        "permit_lease": 1e300,
+        "permit_timeout": 1e300,
+        "trip_quorum": 2**62,
+    }
+    async with (
+        open_shared_state(shared_server.url, a, sync_interval=1e300, **extreme),
+        open_shared_state(shared_server.url, b, sync_interval=1e-300, **extreme) as sb,
+    ):
+        await trip(a)
+        await trio.sleep(0.2)
+        with pytest.raises(CircuitOpenError):
+            await a.call(trio.sleep, 0)
+        assert await b.call(trio.sleep, 0) is None  # a quorum of 2**62 is never met
+        assert sb.statistics().connected
+    async with (
+        open_shared_state(shared_server.url, a, prefix=fresh(), trip_quorum=1),
+        open_shared_state(
+            shared_server.url, b, prefix=fresh(), permit_lease=1e300, permit_timeout=1e300
+        ) as sb,
+    ):
+        from trio_resilience.testing import set_breaker_state
+
+        set_breaker_state(b, "half_open")
+        assert await b.call(trio.sleep, 0) is None  # a probe with a 1e300 s lease
+    for name, value in (
+        ("permit_lease", math.inf),
+        ("sync_interval", math.nan),
+        ("permit_timeout", 0),
+        ("trip_quorum", 0),
+    ):
+        with pytest.raises(ValueError, match=rf"^{name} must "):
+            async with open_shared_state(shared_server.url, **{name: value}):
+                pass
+    with pytest.raises(TypeError, match=r"^sync_interval must be a number, got True$"):
+        async with open_shared_state(shared_server.url, sync_interval=True):
+            pass
+
+
+# ------------------------------------------------------------------ the contract
+
+
+async def test_one_sick_process_never_opens_the_others(shared_server: RedisServer) -> None:
+    """trip_quorum=2: one process's trip leaves the others closed; a second distinct
+    process's trip within the failure window opens them."""
+    prefix = fresh()
+    sick, other, watcher = (CircuitBreaker("db", failure_threshold=1) for _ in range(3))
+    async with (
+        open_shared_state(shared_server.url, sick, prefix=prefix),
+        open_shared_state(shared_server.url, other, prefix=prefix),
+        open_shared_state(shared_server.url, watcher, prefix=prefix) as shared,
+    ):
+        await trip(sick)
+        await trio.sleep(0.4)
+        assert watcher.state is CircuitState.CLOSED
+        assert other.state is CircuitState.CLOSED
+        await trip(other)
+        took = await wait_for(lambda: watcher.state is CircuitState.OPEN)
+        assert took < 0.25 + 0.05
+        assert shared.statistics().received == 1
+        assert 29.0 < watcher.retry_after <= 30.0
+
+
+async def test_trips_travel_by_hint_long_before_the_next_sync(
+    shared_server: RedisServer,
+) -> None:
+    """With a 5 s sync interval, a trip still reaches the other sharer at once (within
+    milliseconds; 0.5 s allows for a loaded machine): the pub/sub hint starts a sync."""
+    prefix = fresh()
+    a = CircuitBreaker("db", failure_threshold=1)
+    b = CircuitBreaker("db", failure_threshold=1)
+    common: dict[str, Any] = {"prefix": prefix, "sync_interval": 5.0, "trip_quorum": 1}
+    async with (
+        open_shared_state(shared_server.url, a, **common),
+        open_shared_state(shared_server.url, b, **common) as sb,
+    ):
+        await wait_for(lambda: sb.statistics().subscribed)
+        await trio.sleep(0.1)
+        await trip(a)
+        took = await wait_for(lambda: b.state is CircuitState.OPEN)
+        assert took < 0.5
+        assert sb.statistics().syncs == 2  # the first, and the one the hint started
+
+
+async def test_the_cluster_runs_the_smallest_half_open_max_calls(
+    shared_server: RedisServer,
+) -> None:
+    """Sharers with half_open_max_calls 1 and 3: at most one probe runs cluster-wide."""
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    small = CircuitBreaker("db", half_open_max_calls=1, success_threshold=10)
+    large = CircuitBreaker("db", half_open_max_calls=3, success_threshold=10)
+    async with (
+        open_shared_state(shared_server.url, small, prefix=prefix, permit_timeout=0.5),
+        open_shared_state(shared_server.url, large, prefix=prefix, permit_timeout=0.5) as s,
+    ):
+        await trio.sleep(0.1)  # both heartbeats are in
+        set_breaker_state(large, "half_open")
+        leases = [await s.acquire(large) for _ in range(3)]
+        assert isinstance(leases[0], str)
+        assert leases[1:] == [False, False]
+
+
+async def test_a_client_passed_in_is_used_and_left_open(shared_server: RedisServer) -> None:
+    """A coredis client (decode_responses either way) entered by the caller is used and
+    not closed; a client whose pool is closed under the block only degrades sharing."""
+    for decode in (False, True):
+        prefix = fresh()
+        client = coredis.Redis("127.0.0.1", shared_server.port, decode_responses=decode)
+        a = CircuitBreaker("db", failure_threshold=1)
+        b = CircuitBreaker("db", failure_threshold=1)
+        async with client:
+            async with (
+                open_shared_state(client, a, prefix=prefix, trip_quorum=1),
+                open_shared_state(client, b, prefix=prefix, trip_quorum=1) as shared,
+            ):
+                assert shared.url is None
+                await trip(a)
+                await wait_for(lambda b=b: b.state is CircuitState.OPEN)
+            assert await client.ping()
+    logger = Capture()
+    breaker = CircuitBreaker("db", failure_threshold=1)
+    async with open_shared_state(
+        client, breaker, prefix=fresh(), logger=logger, sync_interval=0.05
+    ) as shared:
+        await trio.sleep(0.2)  # the client's pool was closed above
+        assert not shared.statistics().connected
+        assert await breaker.call(trio.sleep, 0) is None
+    assert len(logger.named("trio_resilience.redis.degraded")) == 1
+
+
+async def test_one_round_trip_per_sync_for_all_breakers_and_budgets(
+    shared_server: RedisServer,
+) -> None:
+    """Ten breakers and two budgets cost one round trip per sync in the steady state."""
+    prefix = fresh()
+    breakers = [CircuitBreaker(f"b{i}") for i in range(10)]
+    budgets = [RetryBudget(name="x"), RetryBudget(name="y")]
+    async with open_shared_state(
+        shared_server.url, *breakers, retry_budgets=budgets, prefix=prefix, sync_interval=0.05
+    ) as shared:
+        await trio.sleep(0.2)
+        before = shared.statistics()
+        await trio.sleep(0.5)
+        after = shared.statistics()
+    syncs = after.syncs - before.syncs
+    assert syncs >= 5
+    # A sync in flight at a snapshot has counted its round trip but not yet itself.
+    assert syncs <= after.round_trips - before.round_trips <= syncs + 1
+
+
+async def test_retry_budget_counts_are_shared_by_name(shared_server: RedisServer) -> None:
+    """First attempts in one process fund retries in another; budgets match by name."""
+    prefix = fresh()
+    rich = RetryBudget(ratio=1.0, min_retries_per_second=0.0, name="api")
+    poor = RetryBudget(ratio=1.0, min_retries_per_second=0.0, name="api")
+    other = RetryBudget(ratio=1.0, min_retries_per_second=0.0, name="other")
+    async with (
+        open_shared_state(shared_server.url, retry_budgets=[rich], prefix=prefix),
+        open_shared_state(shared_server.url, retry_budgets=[poor, other], prefix=prefix),
     ):
         for _ in range(5):
             rich.deposit()
         assert not poor.try_withdraw()
-        await trio.sleep(0.3)
-        assert poor.statistics().balance >= 4.0
+        await trio.sleep(0.6)
         assert poor.try_withdraw()
-    assert poor._external == 0
+        assert not other.try_withdraw()
 
 
-async def test_malformed_values_are_ignored_and_logged(redis_server: RedisServer) -> None:
-    """Foreign or malformed values in Redis are logged and never trusted."""
-    client = coredis.Redis.from_url(redis_server.url, decode_responses=True)
-    logger = Capture()
-    breaker = CircuitBreaker("bad")
+async def test_rate_limiters_share_one_rate_and_fall_back_locally(
+    redis_server: RedisServer,
+) -> None:
+    """Two sharers of a 20/s limiter admit about 20/s together; with Redis gone each
+    falls back to its full local rate."""
+    prefix = fresh()
+    a = RateLimiter(20, burst=1, name="api")
+    b = RateLimiter(20, burst=1, name="api")
+    counts = {"a": 0, "b": 0}
+
+    async def hammer(limiter: RateLimiter, key: str, seconds: float) -> None:
+        end = trio.current_time() + seconds
+        while trio.current_time() < end:
+            try:
+                with trio.move_on_at(end):
+                    await limiter.acquire()
+                    counts[key] += 1
+            except RateLimitExceeded:  # the wait would end past the deadline
+                await trio.sleep_until(end)
+
     async with (
-        client,
-        open_shared_state(
-            redis_server.url, breaker, prefix="t7", sync_interval=0.05, logger=logger
-        ) as shared,
+        open_shared_state(redis_server.url, rate_limiters=[a], prefix=prefix),
+        open_shared_state(redis_server.url, rate_limiters=[b], prefix=prefix),
     ):
-        await client.hset("t7:breaker:bad", {"state": "melted", "open_until_ms": "soon"})
-        await client.publish("t7:events", "not json")
-        await client.publish("t7:events", json.dumps({"breaker": "bad", "state": "open"}))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hammer, a, "a", 1.0)
+            nursery.start_soon(hammer, b, "b", 1.0)
+        assert 15 <= counts["a"] + counts["b"] <= 24
+        redis_server.stop()
         await trio.sleep(0.3)
-        assert breaker.state is CircuitState.CLOSED
-        assert shared.statistics().malformed >= 3
-    assert any(e == "trio_resilience.redis.malformed" for e, _ in logger.events)
+        counts = {"a": 0, "b": 0}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hammer, a, "a", 1.0)
+            nursery.start_soon(hammer, b, "b", 1.0)
+        assert counts["a"] >= 15
+        assert counts["b"] >= 15
+    assert not a.remote_attached
 
 
 async def test_redis_down_from_the_start_keeps_breakers_local() -> None:
     """With no server, the block runs degraded: logged once, breakers decide locally."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     logger = Capture()
     breaker = CircuitBreaker("alone", failure_threshold=1)
     async with open_shared_state(
-        f"redis://127.0.0.1:{port}/0", breaker, prefix="t8", sync_interval=0.05, logger=logger
+        f"redis://127.0.0.1:{free_port()}/0", breaker, sync_interval=0.05, logger=logger
     ) as shared:
         assert await breaker.call(trio.sleep, 0) is None
-        await _trip(breaker)
+        await trip(breaker)
         assert breaker.state is CircuitState.OPEN
         await trio.sleep(0.5)
         assert not shared.statistics().connected
-    degraded = [e for e, _ in logger.events if e == "trio_resilience.redis.degraded"]
-    assert degraded == ["trio_resilience.redis.degraded"]
+        assert await shared.acquire(breaker) is None
+    assert len(logger.named("trio_resilience.redis.degraded")) == 1
+
+
+async def test_a_trip_made_while_redis_is_down_is_sent_on_reconnect(
+    redis_server: RedisServer,
+) -> None:
+    """Redis goes away and comes back: degraded and recovered are logged once each, and a
+    trip made meanwhile reaches the other sharer after the reconnect."""
+    prefix = fresh()
+    logger = Capture()
+    a = CircuitBreaker("db", failure_threshold=1)
+    b = CircuitBreaker("db", failure_threshold=1)
+    common: dict[str, Any] = {"prefix": prefix, "sync_interval": 0.05, "trip_quorum": 1}
+    async with (
+        open_shared_state(redis_server.url, a, logger=logger, **common) as sa,
+        open_shared_state(redis_server.url, b, **common) as sb,
+    ):
+        redis_server.stop()
+        await wait_for(lambda: not sa.statistics().connected)
+        await trip(a)
+        await trio.sleep(0.2)
+        assert b.state is CircuitState.CLOSED
+        redis_server.start()
+        await wait_for(lambda: b.state is CircuitState.OPEN, limit=5.0)
+        assert sa.statistics().published == 1
+        assert sb.statistics().connected
+    assert [e for e, _ in logger.events if e.startswith("trio_resilience.redis.")] == [
+        "trio_resilience.redis.degraded",
+        "trio_resilience.redis.recovered",
+    ]
+
+
+async def test_late_joiner_reads_the_shared_trips(shared_server: RedisServer) -> None:
+    """A process that joins after two trips reads them and opens until the deadline."""
+    prefix = fresh()
+    first = [CircuitBreaker("late", failure_threshold=1, recovery_timeout=5.0) for _ in "ab"]
+    async with (
+        open_shared_state(shared_server.url, first[0], prefix=prefix),
+        open_shared_state(shared_server.url, first[1], prefix=prefix),
+    ):
+        await trip(first[0])
+        await trip(first[1])
+        await trio.sleep(0.1)
+    joiner = CircuitBreaker("late", failure_threshold=1, recovery_timeout=5.0)
+    async with open_shared_state(shared_server.url, joiner, prefix=prefix) as shared:
+        assert joiner.state is CircuitState.OPEN
+        assert 4.5 < joiner.retry_after <= 5.0
+        assert shared.statistics().received == 1
 
 
 async def test_open_shared_state_validates_its_arguments() -> None:
     """Bad URLs, non-breakers, duplicate names and bad numbers are refused at once."""
-    with pytest.raises(ValueError, match="url must be a redis://"):
+    with pytest.raises(ValueError, match="url_or_client must be a redis://"):
         async with open_shared_state("http://x"):
+            pass
+    with pytest.raises(TypeError, match="url_or_client must be a URL or a coredis client"):
+        async with open_shared_state(42):
             pass
     with pytest.raises(TypeError, match=r"breakers\[0\] must be a CircuitBreaker"):
         async with open_shared_state("redis://x", 1):  # type: ignore[arg-type]
@@ -291,13 +667,146 @@ async def test_open_shared_state_validates_its_arguments() -> None:
     with pytest.raises(TypeError, match=r"retry_budgets\[0\] must be a RetryBudget"):
         async with open_shared_state("redis://x", retry_budgets=[1]):  # type: ignore[list-item]
             pass
+    with pytest.raises(TypeError, match=r"^trip_quorum must be an int, got True$"):
+        async with open_shared_state("redis://x", trip_quorum=True):
+            pass
 
 
-def test_two_workers_example(redis_server: RedisServer) -> None:
+async def test_a_breaker_is_shared_by_one_block_at_a_time(shared_server: RedisServer) -> None:
+    """A second block sharing the same breaker is refused; leaving the block detaches
+    every policy (the breaker's port has no owner, the limiter no remote)."""
+    breaker = CircuitBreaker("db")
+    other = CircuitBreaker("other")
+    limiter = RateLimiter(10, name="api")
+    async with open_shared_state(
+        shared_server.url, breaker, rate_limiters=[limiter], prefix=fresh()
+    ) as shared:
+        assert breaker.sharing.owner is shared
+        assert limiter.remote_attached
+        with pytest.raises(RuntimeError):
+            async with open_shared_state(shared_server.url, other, breaker, prefix=fresh()):
+                pass
+        assert other.sharing.owner is None  # the refused block attached nothing
+    assert breaker.sharing.owner is None
+    assert not limiter.remote_attached
+
+
+async def test_the_blocks_own_error_and_cancellation_come_out_as_themselves(
+    shared_server: RedisServer,
+) -> None:
+    """An error raised in the block is not wrapped in an ExceptionGroup, and cancelling
+    the block from outside ends it cleanly, with a URL or a client passed in."""
+    client = coredis.Redis("127.0.0.1", shared_server.port)
+    async with client:
+        for target in (shared_server.url, client):
+            with pytest.raises(KeyError, match="mine"):
+                async with open_shared_state(target, CircuitBreaker("db"), prefix=fresh()):
+                    raise KeyError("mine")
+            with trio.move_on_after(0.2) as scope:
+                async with open_shared_state(target, CircuitBreaker("db"), prefix=fresh()):
+                    await trio.sleep(10)
+            assert scope.cancelled_caught
+
+
+async def test_password_urls_work(redis_server: RedisServer) -> None:
+    """A redis:// URL with a password reaches a server that requires one; a wrong one
+    degrades to local decisions."""
+    redis_server.cli("config", "set", "requirepass", "s3cret")
+    breaker = CircuitBreaker("auth", failure_threshold=1)
+    url = f"redis://:s3cret@127.0.0.1:{redis_server.port}/0"
+    async with open_shared_state(url, breaker, prefix="t11") as shared:
+        assert shared.statistics().connected
+    logger = Capture()
+    wrong = f"redis://:nope@127.0.0.1:{redis_server.port}/0"
+    async with open_shared_state(wrong, prefix="t11", logger=logger) as shared:
+        assert not shared.statistics().connected
+    assert logger.events[0][0] == "trio_resilience.redis.degraded"
+
+
+# ------------------------------------------------------------------ several processes
+
+
+def spawn(url: str, role: str, prefix: str, scenario: str, quorum: int) -> Any:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, role, prefix, scenario, str(quorum)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+
+
+def collect(process: Any, timeout: float = 30) -> list[dict[str, Any]]:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def first(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(e for e in events if e["event"] == name)
+
+
+def test_two_processes_trip_and_every_process_opens(shared_server: RedisServer) -> None:
+    """Five processes, quorum 2: two trip, the other three open within the sync interval
+    plus 50 ms, to the tripper's deadline."""
+    prefix = fresh()
+    roles = ["tripper1", "tripper2", "a", "b", "c"]
+    workers = [spawn(shared_server.url, role, prefix, "trip", 2) for role in roles]
+    results = [collect(w) for w in workers]
+    tripped = max(first(r, "tripped")["time"] for r in results[:2])
+    for events in results[2:]:
+        seen = first(events, "open")
+        assert seen["time"] - tripped < 0.1 + 0.05 + 0.1  # sync interval, 50 ms, slack
+        assert 29.0 < seen["retry_after"] <= 30.0
+
+
+def test_one_tripping_process_opens_nobody_else(shared_server: RedisServer) -> None:
+    """Three processes, quorum 2: one trips, the others never open."""
+    prefix = fresh()
+    workers = [spawn(shared_server.url, r, prefix, "trip", 2) for r in ("tripper", "a", "b")]
+    results = [collect(w) for w in workers]
+    assert first(results[0], "done")["open"]
+    assert [first(r, "done")["open"] for r in results[1:]] == [False, False]
+
+
+def test_cluster_wide_probes_never_exceed_the_limit(shared_server: RedisServer) -> None:
+    """Three processes x 10 probes after the recovery timeout: at most 2 run at once."""
+    prefix = fresh()
+    workers = [spawn(shared_server.url, r, prefix, "probes", 1) for r in ("tripper", "a", "b")]
+    results = [first(collect(w), "probes") for w in workers]
+    assert max(r["peak"] for r in results) <= 2
+    assert sum(r["admitted"] for r in results) >= 2
+
+
+def test_processes_survive_redis_restart_and_resync(redis_server: RedisServer) -> None:
+    """Redis is killed and restarted mid-run; both processes keep serving and resync."""
+    import time
+
+    prefix = fresh()
+    workers = [spawn(redis_server.url, r, prefix, "survive", 1) for r in ("tripper", "b")]
+    for worker in workers:  # every worker synced once before the server goes
+        assert json.loads(worker.stdout.readline())["event"] == "ready"
+    time.sleep(0.5)
+    redis_server.stop()
+    time.sleep(1.5)
+    redis_server.start()
+    results = [collect(w) for w in workers]
+    for events in results:
+        names = [e["event"] for e in events]
+        assert names.count("trio_resilience.redis.degraded") == 1
+        assert names.index("trio_resilience.redis.degraded") < names.index(
+            "trio_resilience.redis.recovered"
+        )
+        assert first(events, "done")["served"] > 40
+    tripped = first(results[0], "tripped")["time"]
+    assert first(results[1], "open")["time"] - tripped < 0.3  # resynced after the restart
+
+
+def test_two_workers_example(shared_server: RedisServer) -> None:
     """examples/redis/two_workers.py: the worker that saw no failure rejects too."""
     example = Path(__file__).parent.parent / "examples" / "redis" / "two_workers.py"
     done = subprocess.run(
-        [sys.executable, str(example), redis_server.url],
+        [sys.executable, str(example), shared_server.url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -308,77 +817,6 @@ def test_two_workers_example(redis_server: RedisServer) -> None:
     assert "'failed': 0" in lines["worker b"]
     assert "'rejected': 0" not in lines["worker b"]
     assert "breaker open" in lines["worker b"]
-
-
-async def test_cluster_permits_limit_probes_across_sharers(redis_server: RedisServer) -> None:
-    """Two sharers, one permit: a probe held by one refuses the other's; close spreads."""
-    from trio_resilience.testing import set_breaker_state
-
-    a = CircuitBreaker("probe", half_open_max_calls=1, success_threshold=1)
-    b = CircuitBreaker("probe", half_open_max_calls=1, success_threshold=1)
-    async with (
-        open_shared_state(redis_server.url, a, prefix="t9", sync_interval=0.05, permit_timeout=0.5),
-        open_shared_state(
-            redis_server.url, b, prefix="t9", sync_interval=0.05, permit_timeout=0.5
-        ) as shared_b,
-    ):
-        set_breaker_state(a, "half_open")
-        set_breaker_state(b, "half_open")
-        release = trio.Event()
-        refused = []
-
-        async def held_probe() -> None:
-            async with a:
-                await release.wait()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(held_probe)
-            await trio.sleep(0.2)
-            try:
-                await b.call(trio.sleep, 0)
-            except Exception as exc:
-                refused.append(exc)
-            stats = b.statistics()
-            assert stats.half_open_in_flight == 0  # the local permit was given back
-            release.set()
-        assert [type(e).__name__ for e in refused] == ["CircuitOpenError"]
-        assert a.state is CircuitState.CLOSED  # its probe succeeded
-        await trio.sleep(0.3)
-        assert b.state is CircuitState.CLOSED  # closed by a's probes, through pub/sub
-        assert shared_b.statistics().received >= 1
-        assert repr(shared_b).startswith("<SharedState 't9' connected")
-
-
-async def test_probe_falls_back_to_the_local_limiter_without_redis() -> None:
-    """With Redis unreachable, half-open admission is decided by the local limiter."""
-    from trio_resilience.testing import set_breaker_state
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    breaker = CircuitBreaker("nofallback", half_open_max_calls=1, success_threshold=1)
-    async with open_shared_state(
-        f"redis://127.0.0.1:{port}/0", breaker, prefix="t10", logger=Capture()
-    ) as shared:
-        set_breaker_state(breaker, "half_open")
-        assert await shared.acquire(breaker) is None
-        await breaker.call(trio.sleep, 0)
-        assert breaker.state is CircuitState.CLOSED
-
-
-async def test_password_urls_work(password_server: RedisServer) -> None:
-    """A redis:// URL with a password reaches a server that requires one; a wrong one
-    degrades to local decisions."""
-    port = password_server.port
-    breaker = CircuitBreaker("auth", failure_threshold=1)
-    url = f"redis://:s3cret@127.0.0.1:{port}/0"
-    async with open_shared_state(url, breaker, prefix="t11", sync_interval=0.05) as shared:
-        assert shared.statistics().connected
-    logger = Capture()
-    wrong = f"redis://:nope@127.0.0.1:{port}/0"
-    async with open_shared_state(wrong, prefix="t11", logger=logger) as shared:
-        assert not shared.statistics().connected
-    assert logger.events[0][0] == "trio_resilience.redis.degraded"
 
 
 def test_the_core_package_never_imports_coredis() -> None:

@@ -609,16 +609,16 @@ async def test_budget_tokens_expire_bucket_by_bucket(
     assert budget.statistics().balance == 0.0  # t = 10: bucket 0 left (+1 -1)
     assert not budget.try_withdraw()
     await trio.sleep(3)  # t = 13: bucket 3 left; the failed withdrawal took nothing
-    budget.statistics()
-    assert budget._sum == -1000
+    stats = budget.statistics()
+    assert (stats.deposits_in_window, stats.withdrawals_in_window) == (0, 1)
     await trio.sleep(2)  # t = 15: bucket 5 left
-    budget.statistics()
-    assert budget._sum == 0
+    stats = budget.statistics()
+    assert (stats.deposits_in_window, stats.withdrawals_in_window) == (0, 0)
     budget.deposit()
     assert budget.try_withdraw()
     await trio.sleep(100)
-    budget.statistics()
-    assert budget._sum == 0
+    stats = budget.statistics()
+    assert (stats.deposits_in_window, stats.withdrawals_in_window) == (0, 0)
 
 
 async def test_budget_counts_bounds_and_cluster_offset(
@@ -631,9 +631,10 @@ async def test_budget_counts_bounds_and_cluster_offset(
     assert budget.try_withdraw()
     assert budget.try_withdraw()
     assert budget.statistics().withdrawals == 2
-    budget._external = 4000  # what trio_resilience.redis sets: the cluster's net tokens
+    # Other processes' counts, through the sharing port: 4 more first attempts.
+    assert budget.apply_remote_counts(4, 0, includes_local=False)
     assert budget.statistics().balance == 5.0
-    budget._external = -1000
+    assert budget.apply_remote_counts(0, 2, includes_local=False)
     assert budget.statistics().balance == 0.0
     assert not budget.try_withdraw()
     with pytest.raises(ValueError, match=r"^ratio must be <= 1000, got 1001$"):

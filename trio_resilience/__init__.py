@@ -48,7 +48,8 @@ from ._pipeline import (
 )
 from ._ratelimit import RateLimiter
 from ._ratelimit_parts import RateLimiterStatistics
-from ._retry import Attempt, Retry, RetryBudget, RetryBudgetStatistics
+from ._retry import Attempt, Retry
+from ._retry_budget import RetryBudget, RetryBudgetDelta, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,
     DropNewest,
@@ -107,6 +108,7 @@ __all__ = [
     "ResilienceError",
     "Retry",
     "RetryBudget",
+    "RetryBudgetDelta",
     "RetryBudgetStatistics",
     "RetryError",
     "ShedChannelStatistics",

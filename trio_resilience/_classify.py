@@ -8,6 +8,7 @@ from typing import TypeAlias
 import trio
 
 from ._exceptions import ResilienceError
+from ._validate import is_async_callable
 
 ExceptionSpec: TypeAlias = (
     type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -28,32 +29,53 @@ IGNORED = 2
 CANCELLED = 3
 
 
+def check_exception_spec(name: str, spec: object) -> ExceptionSpec:
+    """Return ``spec`` if it is an exception spec, else raise ``TypeError`` naming ``name``.
+
+    A spec is an exception type, a tuple of exception types, or a sync predicate
+    ``Callable[[BaseException], bool]``. A class that is not an exception (``int``)
+    and an ``async def`` function are refused: neither could answer the question.
+    """
+    if isinstance(spec, type):
+        if issubclass(spec, BaseException):
+            return spec
+        raise TypeError(
+            f"{name} must be an exception type, a tuple of exception types or a "
+            f"predicate, got the non-exception class {spec!r}"
+        )
+    if isinstance(spec, tuple):
+        for i, item in enumerate(spec):
+            if not (isinstance(item, type) and issubclass(item, BaseException)):
+                raise TypeError(
+                    f"{name} must be an exception type, a tuple of exception types or "
+                    f"a predicate; item {i} is {item!r}"
+                )
+        return spec
+    if callable(spec):
+        if is_async_callable(spec):
+            raise TypeError(f"{name} must be a sync predicate, got the async callable {spec!r}")
+        return spec
+    raise TypeError(
+        f"{name} must be an exception type, a tuple of exception types or a predicate, got {spec!r}"
+    )
+
+
 class Matcher:
     """A compiled exception spec that answers for one leaf exception."""
 
     __slots__ = ("names_resilience", "predicate", "spec", "types")
 
     def __init__(self, name: str, spec: object) -> None:
+        check_exception_spec(name, spec)
         self.spec = spec
         self.predicate: Callable[[BaseException], bool] | None = None
         self.types: tuple[type[BaseException], ...] = ()
-        if isinstance(spec, type) and issubclass(spec, BaseException):
+        if isinstance(spec, type):
             self.types = (spec,)
         elif isinstance(spec, tuple):
-            for i, item in enumerate(spec):
-                if not (isinstance(item, type) and issubclass(item, BaseException)):
-                    raise TypeError(
-                        f"{name} must be an exception type, a tuple of exception types or "
-                        f"a predicate; item {i} is {item!r}"
-                    )
             self.types = spec
-        elif callable(spec):
-            self.predicate = spec
         else:
-            raise TypeError(
-                f"{name} must be an exception type, a tuple of exception types or a "
-                f"predicate, got {spec!r}"
-            )
+            self.predicate = spec  # type: ignore[assignment]
         self.names_resilience = any(issubclass(t, ResilienceError) for t in self.types)
 
     def leaf(self, exc: BaseException) -> bool:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -17,10 +15,11 @@ from ._classify import ExceptionSpec, Matcher, is_retryable
 from ._decorate import decorate
 from ._exceptions import RetryError
 from ._log import RETRY_GAVE_UP, RETRY_SCHEDULED, get_logger
+from ._retry_budget import RetryBudget as RetryBudget  # re-exported: wave-1 import path
+from ._retry_budget import RetryBudgetStatistics as RetryBudgetStatistics
 from ._testing_flags import ZERO_BACKOFF
 from ._validate import (
     check_logger,
-    check_number,
     check_optional_callable,
     check_optional_int,
     check_optional_number,
@@ -31,130 +30,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _current_time = trio.current_time
-_BUDGET_BUCKETS = 10
-_MILLI = 1000  # budget tokens are counted in thousandths, in ints: no float drift
-
-
-@dataclass(frozen=True, slots=True)
-class RetryBudgetStatistics:
-    """A snapshot of a :class:`RetryBudget`."""
-
-    balance: float
-    """Retries that could be made now (reserve included)."""
-    deposits: int
-    """First attempts seen over the budget's life."""
-    withdrawals: int
-    """Retries allowed over the budget's life."""
-    rejected: int
-    """Retries refused for want of a token."""
-
-
-class RetryBudget:
-    """A token bucket that caps retries at a share of first attempts, against retry storms.
-
-    Each first attempt deposits ``ratio`` tokens and each retry withdraws one; deposits
-    and withdrawals expire after ``window`` seconds (ten time buckets). A reserve of
-    ``min_retries_per_second * window`` tokens lets a quiet client retry at all. Share
-    one budget between many :class:`Retry` objects. O(1) per call, fixed memory.
-
-    Args:
-        ratio: tokens deposited per first attempt (0.1: one retry per ten calls).
-        min_retries_per_second: retries always allowed, per second of the window.
-        window: seconds a deposit or withdrawal counts for.
-    """
-
-    __slots__ = (
-        "_bucket_end",
-        "_bucket_index",
-        "_buckets",
-        "_deposit",
-        "_deposits",
-        "_external",
-        "_rejected",
-        "_reserve",
-        "_sum",
-        "_width",
-        "_withdrawals",
-        "min_retries_per_second",
-        "ratio",
-        "window",
-    )
-
-    def __init__(
-        self, ratio: float = 0.1, min_retries_per_second: float = 10.0, window: float = 10.0
-    ) -> None:
-        self.ratio = check_number("ratio", ratio, ge=0, le=1000)
-        self.min_retries_per_second = check_number(
-            "min_retries_per_second", min_retries_per_second, ge=0
-        )
-        self.window = check_number("window", window, gt=0)
-        self._deposit = round(self.ratio * _MILLI)
-        self._reserve = round(self.min_retries_per_second * self.window * _MILLI)
-        self._width = self.window / _BUDGET_BUCKETS
-        self._buckets = [0] * _BUDGET_BUCKETS
-        self._bucket_index = 0
-        self._bucket_end = self._width
-        self._sum = 0
-        # Other processes' net tokens, in thousandths, set by trio_resilience.redis.
-        self._external = 0
-        self._deposits = 0
-        self._withdrawals = 0
-        self._rejected = 0
-
-    def _advance(self, now: float) -> int:
-        """Return the slot of ``now``, expiring the buckets it moved past."""
-        if self._bucket_end - self._width <= now < self._bucket_end:
-            return self._bucket_index % _BUDGET_BUCKETS
-        index = int(now // self._width)
-        old = self._bucket_index
-        buckets = self._buckets
-        if index - old >= _BUDGET_BUCKETS or index < old:
-            for i in range(_BUDGET_BUCKETS):
-                buckets[i] = 0
-            self._sum = 0
-        else:
-            for i in range(old + 1, index + 1):
-                slot = i % _BUDGET_BUCKETS
-                self._sum -= buckets[slot]
-                buckets[slot] = 0
-        self._bucket_index = index
-        self._bucket_end = (index + 1) * self._width
-        return index % _BUDGET_BUCKETS
-
-    def deposit(self) -> None:
-        """Count one first attempt."""
-        slot = self._advance(_current_time())
-        self._buckets[slot] += self._deposit
-        self._sum += self._deposit
-        self._deposits += 1
-
-    def try_withdraw(self) -> bool:
-        """Take a token for one retry; False (and nothing taken) when there is none."""
-        slot = self._advance(_current_time())
-        if self._reserve + self._sum + self._external < _MILLI:
-            self._rejected += 1
-            return False
-        self._buckets[slot] -= _MILLI
-        self._sum -= _MILLI
-        self._withdrawals += 1
-        return True
-
-    def statistics(self) -> RetryBudgetStatistics:
-        """Return a frozen snapshot of the budget."""
-        with contextlib.suppress(RuntimeError):
-            self._advance(_current_time())
-        return RetryBudgetStatistics(
-            balance=max(0, self._reserve + self._sum + self._external) / _MILLI,
-            deposits=self._deposits,
-            withdrawals=self._withdrawals,
-            rejected=self._rejected,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"<RetryBudget ratio={self.ratio:g} min_retries_per_second="
-            f"{self.min_retries_per_second:g} window={self.window:g}>"
-        )
 
 
 _DEFAULT_BACKOFF = ExponentialBackoff()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -109,4 +110,52 @@ def check_logger(value: object) -> Any:
     for method in ("info", "warning", "error"):
         if not callable(getattr(value, method, None)):
             raise TypeError(f"logger must have sync info/warning/error methods, got {value!r}")
+    return value
+
+
+#: The shortest window or duration a sliding-window policy accepts, in seconds.
+#: Shorter ones would make time buckets of zero width (5e-324 / 10 == 0.0).
+MIN_WINDOW = 1e-6
+
+#: Counts and sizes read from outside (e.g. Redis) must stay within this: exact as floats.
+MAX_COUNT = 2**53
+
+
+def check_window(name: str, value: object, *, minimum: float = MIN_WINDOW) -> float:
+    """Return ``value`` as a float if it is a finite number of seconds >= ``minimum``.
+
+    Windows, periods and intervals that split into time buckets use this, so that a
+    tiny value (``5e-324``) is a ``ValueError`` at construction, never a crash later.
+    """
+    number = check_number(name, value, gt=0)
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    return number
+
+
+def is_async_callable(obj: object) -> bool:
+    """Whether calling ``obj`` returns an awaitable coroutine or an async generator.
+
+    Sees through ``functools.partial`` and async ``__call__`` methods.
+    """
+    return (
+        inspect.iscoroutinefunction(obj)
+        or inspect.isasyncgenfunction(obj)
+        or inspect.iscoroutinefunction(getattr(obj, "__call__", None))  # noqa: B004
+    )
+
+
+def check_sync_callable(name: str, value: object, *, optional: bool = True) -> Any:
+    """Return ``value`` if it is a plain (sync) callable, or ``None`` when ``optional``.
+
+    An ``async def`` function is a ``TypeError``: a sync callback would get a coroutine
+    that is never awaited.
+    """
+    if value is None and optional:
+        return None
+    if not callable(value):
+        what = "callable or None" if optional else "callable"
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if is_async_callable(value):
+        raise TypeError(f"{name} must be a sync callable, got the async callable {value!r}")
     return value

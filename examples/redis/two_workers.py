@@ -37,7 +37,9 @@ async def worker(url: str, name: str) -> None:
             raise Unavailable("payments is down")  # only worker a sees the outage
         return "paid"
 
-    async with open_shared_state(url, breaker, prefix="example", sync_interval=0.1):
+    # trip_quorum=1: one process's trip opens the others (the default, 2, would need a
+    # second process to see the outage before a healthy one stops calling).
+    async with open_shared_state(url, breaker, prefix="example", sync_interval=0.1, trip_quorum=1):
         start = time.monotonic()
         outcomes: dict[str, int] = {"paid": 0, "failed": 0, "rejected": 0}
         while time.monotonic() - start < 2.0:
