@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trio
@@ -300,6 +300,47 @@ def test_retry_attempts_and_give_ups_by_reason(registry: CollectorRegistry) -> N
         "circuit_open": 3.0,
     }
     del retry
+
+
+def test_huge_numbers_raising_fields_and_too_many_reasons_are_survived(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int too big for a float, a property that raises, 40 reasons: still a scrape."""
+
+    class Raising:
+        @property
+        def calls(self) -> int:
+            raise RuntimeError("broken field")
+
+        retries = 10**400
+        gave_up: ClassVar[dict[str, int]] = {f"r{i}": 1 for i in range(40)}
+
+    retry = listed("retry", Fake("m-huge", Raising()))
+    assert series(registry, "trio_resilience_retry_attempts_total", "retry", "m-huge") == {}
+    reasons = series(registry, "trio_resilience_retry_gave_up_total", "retry", "m-huge")
+    assert len(reasons) == 32
+    del retry
+
+
+def test_a_registry_changing_under_a_scrape_thread_is_retried(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WeakSet iteration racing a registration (another thread) retries, then gives up."""
+    breaker = listed("breaker", CircuitBreaker("m-race"))
+    real = _live.live
+    failures = {"breaker": 2}
+
+    def flaky(kind: str) -> list[Any]:
+        if failures.get(kind, 0) > 0:
+            failures[kind] -= 1
+            raise RuntimeError("Set changed size during iteration")
+        return real(kind)
+
+    monkeypatch.setattr(_live, "live", flaky)
+    assert value(registry, "trio_resilience_breaker_state", breaker="m-race", state="closed") == 1
+    failures["breaker"] = 3
+    assert series(registry, "trio_resilience_breaker_state", "breaker", "m-race") == {}
+    del breaker
 
 
 def test_retry_without_a_retries_field_counts_attempts_beyond_the_first(

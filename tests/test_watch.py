@@ -143,6 +143,18 @@ def test_exported_time_in_state_is_shown() -> None:
     assert "for 2.5m" in rows[0].plain()
 
 
+def test_long_times_and_unknown_states_are_readable() -> None:
+    """Hours for long times; a breaker with no state at 1 reads unknown."""
+    text = (
+        'trio_resilience_breaker_state{breaker="db",state="open"} 0\n'
+        'trio_resilience_breaker_state_seconds{breaker="db"} 9000\n'
+        'trio_resilience_channel_buffer_used{channel="q"} 1\n'
+    )
+    rows = View().rows(parse_scrape(text, at=0.0))
+    assert rows[0].plain() == "breaker db: state unknown, for 2.5h, rejected -, failures -"
+    assert rows[1].plain() == "channel q: buffer 1, shed -"
+
+
 def test_names_lose_their_control_characters() -> None:
     """A label value with escape sequences is shown without them."""
     assert clean("db\x1b[2J\x07\u202eevil") == "db?[2J??evil"

@@ -125,7 +125,7 @@ async def _fetch_httpx(url: str) -> str:
         httpx: Any = importlib.import_module("httpx")
     except ImportError:
         raise FetchError("https:// needs httpx: pip install httpx") from None
-    async with httpx.AsyncClient(timeout=None) as client:
+    async with httpx.AsyncClient(timeout=None) as client:  # pragma: no cover - optional httpx
         response = await client.get(url)
     if response.status_code != 200:
         raise FetchError(f"HTTP {response.status_code}")
@@ -454,5 +454,5 @@ def main(url: str, interval: float, once: bool, out: TextIO) -> int:
         return 2
     try:
         return trio.run(lambda: watch(url, interval=interval, once=once, out=out))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C
         return 0

@@ -249,10 +249,7 @@ class Reader:
         return [families[spec.name] for spec in SPECS if wanted is None or spec.kind in wanted]
 
     def _state_seconds(self, policy: Any, state: str, now: float) -> float:
-        try:
-            last = self._since.get(policy)
-        except TypeError:  # not weakly referenceable: no time in state
-            return 0.0
+        last = self._since.get(policy)  # listed policies are weakly referenceable
         if last is None or last[0] != state:
             last = (state, now)
             self._since[policy] = last
