@@ -146,6 +146,31 @@ async def test_breaker_calls_are_counted_by_outcome(
     }
 
 
+async def test_calls_do_no_export_work(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With both exporters attached, breaker calls never touch them; scrapes do."""
+    from trio_resilience.metrics import _read
+
+    reads: list[object] = []
+    real = _read.Reader.read
+
+    def counted(self: _read.Reader, kinds: Any = None) -> list[_read.Family]:
+        reads.append(kinds)
+        return real(self, kinds)
+
+    monkeypatch.setattr(_read.Reader, "read", counted)
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    instrument_opentelemetry(provider)
+    breaker = listed("breaker", CircuitBreaker("m-percall"))
+    for _ in range(100):
+        await breaker.call(succeed)
+    assert reads == []
+    generate_latest(registry)
+    assert len(reads) == 1
+    provider.shutdown()
+
+
 def test_a_collected_policy_disappears_from_the_export(registry: CollectorRegistry) -> None:
     """The registry is weak: once the breaker is garbage, its series are gone."""
     breaker = listed("breaker", CircuitBreaker("m-gone"))

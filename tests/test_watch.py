@@ -6,6 +6,8 @@ import gzip
 import importlib.util
 import io
 import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -203,6 +205,24 @@ def test_watch_once_against_prometheus_client_server_prints_plain_lines(
     assert not CONTROL.search(out)
 
 
+def test_piped_watch_process_writes_no_control_characters(endpoint: str) -> None:
+    """``python -m trio_resilience watch URL --once | ...``: plain lines, status 0."""
+    breaker = CircuitBreaker("w-pipe")
+    _live.register("breaker", breaker)
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_resilience", "watch", endpoint, "--once"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode()
+    assert out.startswith(f"== {endpoint} at ")
+    # The child lists no policies of its own; the endpoint is this process's.
+    assert "breaker w-pipe: state closed, for " in out
+    assert not CONTROL.search(out)
+
+
 async def test_watch_follows_the_example_app_over_loopback(
     registry: CollectorRegistry,
 ) -> None:
@@ -342,8 +362,6 @@ def test_bad_arguments_exit_with_status_2(
 
 def test_https_without_httpx_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """https:// needs httpx; without it the error says so."""
-    import sys
-
     monkeypatch.setitem(sys.modules, "httpx", None)
     with pytest.raises(FetchError, match="needs httpx"):
         trio.run(fetch, "https://127.0.0.1:1/metrics")
