@@ -463,6 +463,18 @@ def test_default_registry_and_unregister() -> None:
     del breaker
 
 
+def test_wrong_registry_or_meter_provider_types_are_refused() -> None:
+    """Something that is not a registry or a meter provider is a TypeError naming it."""
+    with pytest.raises(
+        TypeError, match=r"^registry must be a prometheus_client CollectorRegistry, got 'x'$"
+    ):
+        register_prometheus("x")
+    with pytest.raises(
+        TypeError, match=r"^meter_provider must be an OpenTelemetry MeterProvider, got 3$"
+    ):
+        instrument_opentelemetry(3)
+
+
 def test_registering_twice_on_one_registry_is_refused(registry: CollectorRegistry) -> None:
     """The names are already there: prometheus_client's duplicate check says so."""
     with pytest.raises(ValueError, match="Duplicated timeseries"):

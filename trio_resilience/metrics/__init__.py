@@ -40,6 +40,7 @@ def register_prometheus(registry: Any = None) -> PrometheusCollector:
 
     Raises:
         ImportError: prometheus_client is missing (``pip install 'trio-resilience[prometheus]'``).
+        TypeError: ``registry`` is not a registry.
         ValueError: the registry already exports these names (from prometheus_client).
     """
     try:
@@ -63,6 +64,7 @@ def instrument_opentelemetry(meter_provider: Any = None) -> OpenTelemetryInstrum
     Raises:
         ImportError: the OpenTelemetry API or SDK is missing
             (``pip install 'trio-resilience[otel]'``).
+        TypeError: ``meter_provider`` is not a meter provider.
     """
     try:
         from ._otel import instrument_opentelemetry as instrument

@@ -65,6 +65,11 @@ def instrument_opentelemetry(
 
     Returns:
         The instruments; :meth:`~OpenTelemetryInstruments.uninstrument` stops the export.
+
+    Raises:
+        TypeError: ``meter_provider`` is not a meter provider.
     """
     provider = otel_metrics.get_meter_provider() if meter_provider is None else meter_provider
+    if not callable(getattr(provider, "get_meter", None)):
+        raise TypeError(f"meter_provider must be an OpenTelemetry MeterProvider, got {provider!r}")
     return OpenTelemetryInstruments(provider)

@@ -52,9 +52,12 @@ def register_prometheus(registry: CollectorRegistry | None = None) -> Prometheus
         The collector; ``registry.unregister(collector)`` stops the export.
 
     Raises:
+        TypeError: ``registry`` is not a registry.
         ValueError: from prometheus_client, when ``registry`` already has these metrics
             (for example from an earlier call).
     """
+    if registry is not None and not callable(getattr(registry, "register", None)):
+        raise TypeError(f"registry must be a prometheus_client CollectorRegistry, got {registry!r}")
     collector = PrometheusCollector()
     (REGISTRY if registry is None else registry).register(collector)
     return collector
