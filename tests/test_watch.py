@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import importlib.util
 import io
@@ -52,6 +53,7 @@ async def fail() -> None:
 
 @pytest.fixture
 def registry() -> Iterator[CollectorRegistry]:
+    gc.collect()  # policies other tests left to the collector would crowd the view
     registry = CollectorRegistry()
     collector = register_prometheus(registry)
     yield registry
