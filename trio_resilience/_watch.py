@@ -146,6 +146,23 @@ class Scrape:
 
     at: float
     values: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)
+    _sums: dict[tuple[str, str, str | None], dict[tuple[str, str], float]] = field(
+        default_factory=dict
+    )
+
+    def total(
+        self, name: str, key: str, label: str, sub: str | None = None, value: str = ""
+    ) -> float:
+        """Sum of ``name``'s series with ``key=label`` (and ``sub=value`` when given)."""
+        index = self._sums.get((name, key, sub))
+        if index is None:  # one pass per metric and label pair, however many rows ask
+            index = self._sums[(name, key, sub)] = {}
+            for labels, number in self.series(name).items():
+                d = dict(labels)
+                if key in d:
+                    slot = (d[key], d.get(sub, "") if sub else "")
+                    index[slot] = index.get(slot, 0.0) + number
+        return index.get((label, value if sub else ""), 0.0)
 
     def series(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         return self.values.get(name, {})
@@ -187,11 +204,7 @@ def _rate(now: Scrape, before: Scrape | None, name: str, key: str, label: str) -
     """Per-second increase of the sum of ``name``'s series whose ``key`` label is ``label``."""
     if before is None or now.at <= before.at:
         return None
-
-    def total(scrape: Scrape) -> float:
-        return sum(v for k, v in scrape.series(name).items() if dict(k).get(key) == label)
-
-    current, previous = total(now), total(before)
+    current, previous = now.total(name, key, label), before.total(name, key, label)
     increase = current - previous if current >= previous else current  # a reset
     return increase / (now.at - before.at)
 
@@ -296,15 +309,8 @@ def _labelled_rate(
 ) -> float | None:
     if before is None or now.at <= before.at:
         return None
-
-    def total(scrape: Scrape) -> float:
-        return sum(
-            v
-            for k, v in scrape.series(metric).items()
-            if dict(k).get(key) == name and dict(k).get(sub) == value
-        )
-
-    current, previous = total(now), total(before)
+    current = now.total(metric, key, name, sub, value)
+    previous = before.total(metric, key, name, sub, value)
     increase = current - previous if current >= previous else current
     return increase / (now.at - before.at)
 
