@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo,plot,docs,redis,httpx]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo,plot,docs,redis,httpx,prometheus,otel]'
 	touch $(STAMP)
 
 test: $(STAMP) services lint typecheck pytest docs

@@ -47,7 +47,37 @@ def build_parser() -> argparse.ArgumentParser:
         sizes.add_argument(
             f"--{name}", type=float, default=getattr(defaults, name), help=f"{name} phase, s"
         )
+    _add_watch(commands)
     return parser
+
+
+def _add_watch(commands: Any) -> None:
+    watch = commands.add_parser(
+        "watch",
+        help="a live view of a process's Prometheus endpoint (trio_resilience.metrics)",
+        description=(
+            "Scrape URL every --interval seconds and show breakers (state, time in state, "
+            "rejection rate), retries, shed rates and limits; plain lines when piped."
+        ),
+    )
+    watch.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:8000/metrics")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    watch.add_argument("--once", action="store_true", help="scrape once, print, and exit")
+
+
+def _run_watch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import math
+
+    from ._watch import check_url
+    from ._watch import main as watch_main
+
+    try:
+        check_url(args.url)
+        if not (math.isfinite(args.interval) and args.interval > 0):
+            raise ValueError(f"--interval must be a finite number > 0, got {args.interval!r}")
+    except ValueError as exc:
+        parser.exit(2, f"trio-resilience: error: {exc}\n")
+    return watch_main(args.url, args.interval, args.once, sys.stdout)
 
 
 def _progress(out: TextIO) -> Any:
@@ -68,6 +98,8 @@ def _progress(out: TextIO) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "watch":
+        return _run_watch(parser, args)
     from ._demo import DemoConfig, run_scenario, validate
     from ._demo_report import PlotUnavailable, plot, render_json, render_text
 
