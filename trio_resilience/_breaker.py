@@ -697,35 +697,6 @@ class CircuitBreaker:
                 detail = f"{failures}/{calls} failed calls"
         return f"<CircuitBreaker {self.name!r} {state.value} {detail}>"
 
-    # ------------------------------------------- wave-1 hooks (until redis.py moves)
-    # trio_resilience.redis of wave 1 reached into these names; they now forward to the
-    # sharing port. Remove them once redis.py uses ``breaker.sharing`` only.
-
-    @property
-    def _cluster(self) -> Any:
-        return self.sharing.permit_source
-
-    @_cluster.setter
-    def _cluster(self, source: Any) -> None:
-        port = self.sharing
-        if source is None:
-            port.set_permit_source(None)
-            if port.owner is not None:
-                port.detach(port.owner)
-        else:
-            port.attach(source)
-            port.set_permit_source(source)
-
-    @property
-    def _observers(self) -> list[Any]:
-        return _ObserverList(self)
-
-    def _remote_open(self, until: float, now: float) -> None:
-        self.sharing.open_until(until)
-
-    def _remote_close(self, now: float) -> None:
-        self.sharing.close_remote()
-
     # ----------------------------------------------------------------- time and runs
 
     def _read(self) -> float:
@@ -1311,36 +1282,6 @@ class PermitSource(Protocol):
     def release(self, breaker: CircuitBreaker, lease: str, /) -> None:
         """Give back the permit ``lease`` (sync: schedule the work, do not block)."""
         ...
-
-
-class _ObserverList(list[Any]):
-    """Wave-1 observers ``fn(breaker, old, new, reason)`` as port listeners."""
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        super().__init__()
-        self._breaker = breaker
-        shared = breaker._shared
-        for fn in shared.listeners if shared is not None else ():
-            observer = getattr(fn, "observer", None)
-            if observer is not None:
-                super().append(observer)
-
-    def append(self, observer: Any) -> None:
-        breaker = self._breaker
-
-        def listener(change: StateChange) -> None:
-            observer(breaker, change.old_state, change.new_state, change.reason)
-
-        listener.observer = observer  # type: ignore[attr-defined]
-        breaker.sharing.add_listener(listener)
-        super().append(observer)
-
-    def remove(self, observer: Any) -> None:
-        shared = self._breaker._shared
-        for fn in list(shared.listeners if shared is not None else ()):
-            if getattr(fn, "observer", None) is observer:
-                shared.listeners.remove(fn)  # type: ignore[union-attr]
-        super().remove(observer)
 
 
 class _Hooks:
