@@ -37,6 +37,7 @@ from ._exceptions import (
 )
 from ._pipeline import (
     Bulkhead,
+    BulkheadStatistics,
     FailAfter,
     Fallback,
     GuardedNursery,
@@ -44,7 +45,7 @@ from ._pipeline import (
     Policy,
     open_guarded_nursery,
 )
-from ._retry import Attempt, Retry
+from ._retry import Attempt, Retry, RetryStatistics
 from ._retry_budget import RetryBudget, RetryBudgetDelta, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,
@@ -67,6 +68,7 @@ __all__ = [
     "BreakerRegistry",
     "Bulkhead",
     "BulkheadFullError",
+    "BulkheadStatistics",
     "CircuitBreaker",
     "CircuitBreakerStatistics",
     "CircuitOpenError",
@@ -98,6 +100,7 @@ __all__ = [
     "RetryBudgetDelta",
     "RetryBudgetStatistics",
     "RetryError",
+    "RetryStatistics",
     "ShedChannelStatistics",
     "ShedMemoryReceiveChannel",
     "ShedMemorySendChannel",

@@ -421,7 +421,7 @@ class GuardedNursery:
     def __init__(self, nursery: trio.Nursery, pipeline: Pipeline) -> None:
         self._nursery = nursery
         self.pipeline = pipeline
-        self._duty_scope = trio.CancelScope()
+        self._duty_scopes: list[trio.CancelScope] = []
         self._duty_tasks: set[trio.lowlevel.Task] = set()
         self._children = 0
         self._body_done = False
@@ -468,21 +468,28 @@ class GuardedNursery:
         task = trio.lowlevel.current_task()
         self._duty_tasks.add(task)
         try:
-            with self._duty_scope:
+            with trio.CancelScope() as scope:
+                self._duty_scopes.append(scope)
+                if self._body_done and self._children == 0:
+                    scope.cancel()
                 task_status.started()
                 await serve()
         finally:
             self._duty_tasks.discard(task)
 
+    def _stop_duties(self) -> None:
+        for scope in self._duty_scopes:
+            scope.cancel()
+
     def _child_done(self) -> None:
         self._children -= 1
         if self._children == 0 and self._body_done:
-            self._duty_scope.cancel()
+            self._stop_duties()
 
     def _body_finished(self) -> None:
         self._body_done = True
         if self._children == 0:
-            self._duty_scope.cancel()
+            self._stop_duties()
 
     async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         try:
