@@ -32,7 +32,7 @@ def safe_repr(value: object, limit: int = 1000) -> str:
             raise TypeError
     except Exception:
         try:
-            name = type(value).__qualname__
+            name = type(value).__name__
         except Exception:  # pragma: no cover - a type without a name
             name = "object"
         return f"<unrepresentable {name}>"
