@@ -12,9 +12,12 @@ from trio_resilience import (
     Bulkhead,
     BulkheadFullError,
     BulkheadStatistics,
+    CircuitBreaker,
+    CircuitState,
     FailAfter,
     Pipeline,
     Retry,
+    StateChange,
     _live,
     open_guarded_nursery,
 )
@@ -289,3 +292,56 @@ def test_bulkhead_max_wait_is_validated(value: object, error: type[Exception], m
     with pytest.raises(error, match=match):
         Bulkhead(1, max_wait=value)  # type: ignore[arg-type]
     assert Bulkhead(1, max_wait=float("inf")).max_wait is None
+
+
+# ------------------------------------------------------------------ the real breaker's duty
+
+needs_breaker_duty = pytest.mark.skipif(
+    not hasattr(CircuitBreaker, "serve"), reason="CircuitBreaker.serve comes with wave 2"
+)
+
+
+@needs_breaker_duty
+async def test_guarded_nursery_runs_the_breakers_duty_inside_a_pipeline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A breaker inside Pipeline(Retry, breaker) moves to half-open on time, no call needed."""
+    changes: list[StateChange] = []
+    breaker = CircuitBreaker(
+        "db", failure_threshold=1, recovery_timeout=5.0, on_state_change=changes.append
+    )
+
+    async def fail() -> None:
+        raise Boom()
+
+    async with open_guarded_nursery(Pipeline(Retry(), breaker)) as nursery:
+        assert len(nursery.duty_tasks) == 1
+        assert nursery.child_tasks == frozenset()
+        with pytest.raises(Boom):
+            await breaker.call(fail)
+        await trio.sleep(6.0)
+        assert [(c.new_state, c.at) for c in changes] == [
+            (CircuitState.OPEN, 0.0),
+            (CircuitState.HALF_OPEN, 5.0),
+        ]
+    assert trio.current_time() == 6.0  # the duty did not keep the nursery open
+
+
+@needs_breaker_duty
+async def test_without_a_duty_the_transition_waits_for_a_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Outside a guarded nursery the breaker stays lazy, as in wave 1."""
+    changes: list[StateChange] = []
+    breaker = CircuitBreaker(
+        failure_threshold=1, recovery_timeout=5.0, on_state_change=changes.append
+    )
+
+    async def fail() -> None:
+        raise Boom()
+
+    with pytest.raises(Boom):
+        await breaker.call(fail)
+    await trio.sleep(6.0)
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert [c.new_state for c in changes] == [CircuitState.OPEN]
