@@ -446,3 +446,43 @@ def test_non_exception_classes_and_async_callables_are_refused(
         Retry(**kwargs)
     with pytest.raises(TypeError, match=r"^retry_on must be a sync predicate"):
         Retry(retry_on=async_predicate)  # type: ignore[arg-type]
+
+
+async def test_retry_logs_are_json_safe(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """Scheduled, gave-up and hint-failed events serialize as strict JSON."""
+    import json
+
+    def hint(exc: BaseException) -> float:
+        raise ValueError("nope")
+
+    breaker = CircuitBreaker(failure_threshold=2)
+    with pytest.raises(Boom):
+        await Pipeline(constant(1.0, delay_hint=hint), breaker).call(Calls(Boom(), Boom()))
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        await constant(1.0, retry_on=CircuitOpenError).call(breaker.call, Calls())
+    events = {e["event"] for e in logs}
+    assert {
+        "trio_resilience.retry.scheduled",
+        "trio_resilience.retry.gave_up",
+        "trio_resilience.retry.hint_failed",
+    } <= events
+    for event in logs:
+        if event["event"].startswith("trio_resilience.retry."):
+            json.dumps(event, allow_nan=False)
+
+
+def test_safe_repr_cuts_long_reprs_and_survives_odd_ones() -> None:
+    """Log values: long reprs are cut, a non-str __repr__ result is unrepresentable."""
+    from trio_resilience._log import safe_repr
+
+    class NotStr:
+        def __repr__(self) -> str:
+            return 3  # type: ignore[return-value]
+
+    assert safe_repr("x" * 2000).endswith("...")
+    assert len(safe_repr("x" * 2000)) == 1000
+    assert safe_repr(NotStr()) == "<unrepresentable NotStr>"
+    assert safe_repr(BadRepr()) == "<unrepresentable BadRepr>"

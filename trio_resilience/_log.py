@@ -41,13 +41,6 @@ def safe_repr(value: object, limit: int = 1000) -> str:
     return text
 
 
-def json_safe(value: float | None) -> float | None:
-    """``value`` for a log, with ``inf`` and ``nan`` (invalid JSON) as None."""
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return value
-
-
 def get_logger(logger: Any = None) -> Any:
     """Return ``logger`` or, when None, structlog's lazy ``trio_resilience`` logger.
 
