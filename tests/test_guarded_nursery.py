@@ -345,3 +345,17 @@ async def test_without_a_duty_the_transition_waits_for_a_call(
     await trio.sleep(6.0)
     assert breaker.state is CircuitState.HALF_OPEN
     assert [c.new_state for c in changes] == [CircuitState.OPEN]
+
+
+async def test_fallback_with_a_raising_predicate_keeps_the_callers_error() -> None:
+    """An `on` predicate that raises means no fallback: the original error comes out."""
+    from trio_resilience import Fallback
+
+    def on(exc: BaseException) -> bool:
+        raise KeyError("predicate bug")
+
+    async def fail() -> None:
+        raise Boom("original")
+
+    with pytest.raises(Boom, match="^original$"):
+        await Fallback("spare", on=on).call(fail)

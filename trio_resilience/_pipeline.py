@@ -286,8 +286,11 @@ class Fallback(_Decorates):
         for leaf in leaves(exc):
             if isinstance(leaf, NEVER_COUNTED):
                 return False
-            if not found and self._matcher.leaf(leaf):
-                found = True
+            if not found:
+                try:
+                    found = self._matcher.leaf(leaf)
+                except Exception:  # a predicate that raises: no fallback, the error stays
+                    return False
         return found
 
     async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
