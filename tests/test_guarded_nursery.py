@@ -357,5 +357,5 @@ async def test_fallback_with_a_raising_predicate_keeps_the_callers_error() -> No
     async def fail() -> None:
         raise Boom("original")
 
-    with pytest.raises(Boom, match="^original$"):
+    with pytest.raises(Boom, match=r"^original$"):
         await Fallback("spare", on=on).call(fail)

@@ -471,7 +471,11 @@ class Retry:
         return decorate("Retry", self.call, fn)
 
     def __aiter__(self) -> AsyncIterator[Attempt]:
-        return _Attempts(self)
+        attempts = _new_attempts(_Attempts)  # no __init__ frame: the loop's one allocation
+        attempts._retry = self
+        attempts._state = _FIRST
+        attempts.number = 0
+        return attempts
 
     def __repr__(self) -> str:
         return (
@@ -532,6 +536,9 @@ class Attempt:
 
     def __repr__(self) -> str:
         return f"<Attempt {self.number}>"
+
+
+_new_attempts = object.__new__
 
 
 class _Attempts(Attempt):
