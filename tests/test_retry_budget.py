@@ -248,4 +248,4 @@ def test_deposits_of_an_earlier_run_never_fund_a_retry() -> None:
 
     trio.run(deposit_only, clock=trio.testing.MockClock())
     trio.run(spend, clock=trio.testing.MockClock())
-    assert budget.statistics().deposits == 6
+    assert budget.statistics().deposits == 7
