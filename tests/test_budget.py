@@ -467,3 +467,25 @@ def test_loop_budgets_are_listed_as_live() -> None:
 
     budget = LoopBudget(5, name="poll")
     assert budget in _live.live("loop_budget")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 40),
+    steps=st.lists(st.floats(0, 0.3, allow_nan=False), min_size=1, max_size=300),
+)
+def test_tick_ring_agrees_with_a_list_of_tick_times(limit: int, steps: list[float]) -> None:
+    """The array ring admits, expires, grows and shrinks exactly like a plain list model."""
+    from trio_resilience._budget import _TickRing
+
+    ring, model, now = _TickRing(limit), [], 0.0
+    for step in steps:
+        now += step
+        model = [t for t in model if t + 1.0 > now]
+        admitted = ring.admit(now, 1.0)
+        assert admitted == (len(model) < limit)
+        if admitted:
+            model.append(now)
+        assert ring.count == len(model)
+        if model:
+            assert ring.oldest() == model[0]

@@ -70,6 +70,40 @@ class _TickRing:
         if count * 4 < cap and cap > _MIN_CAPACITY:
             self._resize(max(_MIN_CAPACITY, cap // 2))
 
+    def admit(self, now: float, window: float) -> bool:
+        """Expire, then add a tick at ``now`` unless the window is full (then False).
+
+        The tick's fast path: one call, no allocation while the capacity suffices.
+        """
+        count = self.count
+        buf = self._buf
+        cap = self._cap
+        head = self._head
+        if count and buf[head] + window <= now:
+            while count and buf[head] + window <= now:  # expiry, inline
+                head += 1
+                if head == cap:
+                    head = 0
+                count -= 1
+            self._head = head
+            if count * 4 < cap and cap > _MIN_CAPACITY:
+                self.count = count
+                self._resize(max(_MIN_CAPACITY, cap // 2))
+                buf, cap, head = self._buf, self._cap, 0
+        if count == self.limit:
+            self.count = count
+            return False
+        if count == cap:
+            self.count = count
+            self._resize(min(self.limit, cap * 2))
+            buf, cap, head = self._buf, self._cap, 0
+        index = head + count
+        if index >= cap:
+            index -= cap
+        buf[index] = now
+        self.count = count + 1
+        return True
+
     def drop_oldest(self) -> None:
         """Forget the oldest tick (zero_backoff(): a throttled tick passes at once)."""
         self._head = self._head + 1 if self._head + 1 < self._cap else 0
@@ -293,14 +327,13 @@ class LoopBudget:
             return  # pragma: no cover - only when shielded from its own scope
         now = _current_time()
         ticks = self._ticks
-        ticks.expire(now, self.window)
-        if ticks.count == self.max_iterations_per_window:
+        if not ticks.admit(now, self.window):
             if not ZERO_BACKOFF.get():
                 await self._throttle(now)
                 return
             self._throttled += 1  # zero_backoff(): counted, not waited for
             ticks.drop_oldest()  # make room: the oldest tick gives way
-        ticks.append(now)
+            ticks.append(now)
         self._iterations += 1
         await _checkpoint()
 
