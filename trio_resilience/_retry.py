@@ -116,7 +116,7 @@ class _Run:
             retryable = is_retryable(exc, retry._matcher)
         except Exception as err:  # a retry_on predicate raised: do not retry
             retry._logger.error(
-                CLASSIFY_FAILED, retry=retry.name, spec="retry_on", error=safe_repr(err)
+                CLASSIFY_FAILED, retry=retry.name, predicate="retry_on", error=safe_repr(err)
             )
             retryable = False
         if not retryable:
