@@ -486,3 +486,32 @@ def test_safe_repr_cuts_long_reprs_and_survives_odd_ones() -> None:
     assert len(safe_repr("x" * 2000)) == 1000
     assert safe_repr(NotStr()) == "<unrepresentable NotStr>"
     assert safe_repr(BadRepr()) == "<unrepresentable BadRepr>"
+
+
+async def test_huge_and_infinite_hints_never_produce_nan_delays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A hint of 1e308 with jitter (overflowing d * (1 + j)) or inf gives up, never NaN."""
+    for hint in (1e308, float("inf")):
+        calls = Calls(Boom())
+        with pytest.raises(Boom) as info:
+            await constant(1.0, delay_hint=lambda e, h=hint: h, hint_jitter=1.0).call(calls)
+        assert info.value.__notes__[-1].endswith("the next delay would pass the deadline")
+        assert trio.current_time() == 0.0
+
+
+async def test_bulkhead_rejecting_at_once_is_a_cancel_point() -> None:
+    """A cancelled caller gets Cancelled from max_wait=0, not a token."""
+    from trio_resilience import Bulkhead
+
+    bulkhead = Bulkhead(1, max_wait=0)
+    ran = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await bulkhead.call(work)
+    assert ran == []
+    assert bulkhead.statistics().in_flight == 0

@@ -174,6 +174,7 @@ class Bulkhead(_Decorates):
                 self._cancelled += 1
                 raise
         elif not max_wait:
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 limiter.acquire_on_behalf_of_nowait(token)
             except trio.WouldBlock:

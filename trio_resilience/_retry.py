@@ -217,8 +217,11 @@ class _Run:
         if not delay >= 0.0:  # negative or NaN: retry at once
             return 0.0
         jitter = retry.hint_jitter
-        if jitter and 0.0 < delay < math.inf:
-            delay = retry._uniform(delay, delay * (1.0 + jitter))
+        if jitter and delay > 0.0:
+            high = delay * (1.0 + jitter)
+            if high < math.inf:  # an infinite hint stays infinite (and gives up)
+                drawn = retry._uniform(delay, high)
+                delay = drawn if delay <= drawn <= high else delay
         return delay
 
     @staticmethod
