@@ -515,3 +515,17 @@ async def test_bulkhead_rejecting_at_once_is_a_cancel_point() -> None:
         await bulkhead.call(work)
     assert ran == []
     assert bulkhead.statistics().in_flight == 0
+
+
+async def test_a_forced_open_breaker_in_the_pipeline_is_reported_as_circuit_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Even a retried CircuitOpenError (retry_after inf) gives up as circuit_open, at once."""
+    breaker = CircuitBreaker()
+    breaker.force_open()
+    retry = constant(1.0, retry_on=CircuitOpenError)
+    with pytest.raises(CircuitOpenError) as info:
+        await Pipeline(retry, breaker).call(Calls())
+    assert info.value.__notes__[-1].endswith("(circuit_open)")
+    assert retry.statistics().gave_up == {"circuit_open": 1}
+    assert trio.current_time() == 0.0

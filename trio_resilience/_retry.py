@@ -164,17 +164,18 @@ class _Run:
             return delay
         total = retry.max_total_duration
         reason = None
-        if (total is not None and now + delay > self.start + total) or now + delay >= deadline:
+        for breaker in self.breakers:  # a breaker that would still reject: the first word
+            try:
+                retry_after = breaker.statistics().retry_after
+            except Exception:  # pragma: no cover - a breaker's statistics never raise
+                continue
+            if retry_after > delay or retry_after == math.inf:  # inf: forced open
+                reason = "circuit_open"
+                break
+        if reason is None and (
+            (total is not None and now + delay > self.start + total) or now + delay >= deadline
+        ):
             reason = "deadline"
-        else:
-            for breaker in self.breakers:
-                try:
-                    retry_after = breaker.statistics().retry_after
-                except Exception:  # pragma: no cover - a breaker's statistics never raise
-                    continue
-                if retry_after > delay:
-                    reason = "circuit_open"
-                    break
         if reason is None and retry.budget is not None:
             if retry.budget.try_withdraw():
                 self.withdrew = True
