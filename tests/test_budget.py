@@ -176,8 +176,9 @@ async def test_body_errors_win_over_exhaustion(autojump_clock: trio.testing.Mock
     """An exception from the body is not replaced by LoopBudgetExhausted."""
     b = LoopBudget(10, max_iterations=1, raise_on_exhaustion=True)
     with pytest.raises(KeyError), b:
-        await b.tick()
-        b._exhaust("max_iterations")
+        async for _ in b:  # one iteration, then the hard limit ends the loop cleanly
+            pass
+        assert b.exhausted
         raise KeyError
 
 
@@ -372,3 +373,120 @@ async def test_custom_logger_window_edge_and_size_bound(
     assert stats.window_utilization == 1.0  # the second tick, at t = 1, is in the window
     with pytest.raises(ValueError, match=r"^max_iterations_per_window must be <= 2147483647"):
         LoopBudget(2**31)
+
+
+# ------------------------------------------------------------------ wave 2 corrections
+
+
+def _allocated(fn: Any) -> int:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        keep = fn()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del keep
+    return after - before
+
+
+def test_a_huge_window_limit_costs_no_memory_up_front() -> None:
+    """max_iterations_per_window=2**31-1 allocates nothing proportional to the limit."""
+    assert _allocated(lambda: LoopBudget(2**31 - 1)) < 4096
+
+
+async def test_window_memory_is_at_most_8_bytes_per_tick_plus_growth(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """10,000 ticks in one window hold about 8 bytes each (array of doubles, doubling)."""
+    import tracemalloc
+
+    with LoopBudget(10**9, window=60.0) as budget:
+        await budget.tick()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            await budget.tick()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert budget.statistics().iterations_in_window == 10_001
+    assert grown <= 2 * 8 * 16_384  # the ring's capacity: 16,384 doubles at most
+
+
+async def test_window_memory_shrinks_when_ticks_leave_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a burst leaves the window, the statistics and memory follow the few ticks left."""
+    with LoopBudget(10**6, window=1.0) as budget:
+        for _ in range(5000):
+            await budget.tick()
+        await trio.sleep(1.0)
+        await budget.tick()
+        stats = budget.statistics()
+        assert (stats.iterations, stats.iterations_in_window) == (5001, 1)
+        assert stats.window_utilization == 1 / 10**6
+
+
+async def test_tick_after_the_block_exited_raises_runtime_error() -> None:
+    """A tick outside the with block is misuse, not a silent pass."""
+    with LoopBudget(10) as budget:
+        await budget.tick()
+    with pytest.raises(RuntimeError, match=r"block has exited"):
+        await budget.tick()
+    with pytest.raises(RuntimeError, match=r"block has exited"):
+        async for _ in budget:
+            pass
+
+
+def test_tiny_windows_are_refused() -> None:
+    """A window of 5e-324 s is a ValueError at construction, not a crash later."""
+    with pytest.raises(ValueError, match=r"^window must be >= 1e-06, got 5e-324$"):
+        LoopBudget(10, window=5e-324)
+
+
+async def test_zero_backoff_passes_throttled_ticks_and_keeps_the_window_exact(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Under zero_backoff() a full window admits at once; counts stay within the limit."""
+    from trio_resilience.testing import zero_backoff
+
+    with zero_backoff(), LoopBudget(3, window=1.0) as budget:
+        for _ in range(10):
+            await budget.tick()
+    stats = budget.statistics()
+    assert (stats.iterations, stats.throttled, trio.current_time()) == (10, 7, 0.0)
+    assert stats.iterations_in_window == 3
+
+
+def test_loop_budgets_are_listed_as_live() -> None:
+    """A LoopBudget registers under "loop_budget" for exporters."""
+    from trio_resilience import _live
+
+    budget = LoopBudget(5, name="poll")
+    assert budget in _live.live("loop_budget")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 40),
+    steps=st.lists(st.floats(0, 0.3, allow_nan=False), min_size=1, max_size=300),
+)
+def test_tick_ring_agrees_with_a_list_of_tick_times(limit: int, steps: list[float]) -> None:
+    """The array ring admits, expires, grows and shrinks exactly like a plain list model."""
+    from trio_resilience._budget import _TickRing
+
+    ring, model, now = _TickRing(limit), [], 0.0
+    for step in steps:
+        now += step
+        model = [t for t in model if t + 1.0 > now]
+        admitted = ring.admit(now, 1.0)
+        assert admitted == (len(model) < limit)
+        if admitted:
+            model.append(now)
+        assert ring.count == len(model)
+        if model:
+            assert ring.oldest() == model[0]

@@ -176,17 +176,20 @@ async def test_pipeline_order_first_is_outermost(autojump_clock: trio.testing.Mo
 async def test_pipeline_recipe_retry_breaker_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Retry outside the breaker outside the per-call timeout: each attempt times out."""
+    """Retry outside the breaker outside the per-call timeout: two timeouts open it, and
+    Retry gives up with the last timeout instead of sleeping into a rejection."""
     breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=60)
     pipeline = Pipeline(
         Retry(attempts=5, backoff=ConstantBackoff(0.5), retry_on=trio.TooSlowError),
         breaker,
         FailAfter(1.0),
     )
-    with pytest.raises(CircuitOpenError):  # two timeouts open it; the third is refused
+    with pytest.raises(trio.TooSlowError) as info:
         await pipeline.call(trio.sleep_forever)
-    assert trio.current_time() == 3.0  # 1 s, 0.5 s, 1 s, 0.5 s: then refused at once
+    assert trio.current_time() == 2.5  # 1 s, 0.5 s, 1 s: open for 60 s, so no more sleep
+    assert info.value.__notes__[-1].endswith("(circuit_open)")
     assert breaker.statistics().total_failures == 2
+    assert breaker.statistics().total_rejected == 0
 
 
 async def test_pipeline_passes_args_kwargs_and_decorates() -> None:

@@ -229,3 +229,23 @@ def test_sync_delta_outside_trio_run_works() -> None:
     assert budget.take_sync_delta() == RetryBudgetDelta(0, 0)
     with pytest.raises(TypeError, match=r"^includes_local must be a bool, got 1$"):
         budget.apply_remote_counts(0, 0, includes_local=1)  # type: ignore[arg-type]
+
+
+def test_deposits_of_an_earlier_run_never_fund_a_retry() -> None:
+    """Deposits only in run 1 (same clock times in run 2) buy nothing in run 2."""
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0)
+
+    async def deposit_only() -> None:
+        for _ in range(5):
+            budget.deposit()
+
+    async def spend() -> None:
+        budget.deposit()  # made before the run check: forgotten with run 1's (conservative)
+        assert budget.statistics().balance == 0.0
+        assert not budget.try_withdraw()
+        budget.deposit()
+        assert budget.try_withdraw()  # run 2's later deposits count
+
+    trio.run(deposit_only, clock=trio.testing.MockClock())
+    trio.run(spend, clock=trio.testing.MockClock())
+    assert budget.statistics().deposits == 7

@@ -32,7 +32,7 @@ async def test_fifo_send_and_receive() -> None:
     send, receive = open_shedding_channel(3)
     for i in range(3):
         send.send_nowait(i)
-    with pytest.raises(trio.WouldBlock):
+    with pytest.raises(LoadShedError, match=r"buffer_full"):  # never WouldBlock: a shed
         send.send_nowait(3)
     assert [receive.receive_nowait() for _ in range(3)] == [0, 1, 2]
     with pytest.raises(trio.WouldBlock):
@@ -40,6 +40,7 @@ async def test_fifo_send_and_receive() -> None:
     await send.send("a")
     assert await receive.receive() == "a"
     assert balanced(receive.statistics())
+    assert receive.statistics().shed == 1
 
 
 async def test_end_of_channel_and_broken_resource() -> None:
@@ -555,8 +556,8 @@ async def test_later_senders_never_jump_waiting_senders(
         await trio.testing.wait_all_tasks_blocked()
         assert receive.receive_nowait() == 0
         assert send.statistics().current_buffer_used == 2  # the waiting sender got in
-        with pytest.raises(trio.WouldBlock):
-            send.send_nowait(3)  # a newcomer finds the buffer full again
+        with pytest.raises(LoadShedError, match=r"buffer_full"):
+            send.send_nowait(3)  # a newcomer finds the buffer full again: shed
     assert [receive.receive_nowait(), receive.receive_nowait()] == [1, 2]
 
 

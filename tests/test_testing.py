@@ -66,7 +66,8 @@ async def test_fault_injector_errors_and_wrap(autojump_clock: trio.testing.MockC
     service = FaultInjector(failure_rate=1.0, errors=instance)
     with pytest.raises(ConnectionResetError) as info:
         await service()
-    assert info.value is instance
+    assert info.value is not instance  # a fresh copy each time (wave 2)
+    assert info.value.args == ("reset",)
     mixed = FaultInjector(failure_rate=1.0, errors=[KeyError, OSError], rng=random.Random(4))
     raised = set()
     for _ in range(20):
@@ -152,3 +153,42 @@ async def test_zero_backoff_skips_loop_budget_throttling(
     assert trio.current_time() == 0.0
     assert budget.statistics().throttled == 4
     assert budget.exhausted
+
+
+async def test_fault_injector_raises_a_fresh_copy_of_an_instance_each_time() -> None:
+    """Notes added to one raised error never pile up on the next; tracebacks are fresh."""
+    template = ConnectionResetError("reset")
+    template.add_note("from the test")
+    service = FaultInjector(failure_rate=1.0, errors=template)
+    raised = []
+    for _ in range(3):
+        try:
+            await service()
+        except ConnectionResetError as exc:
+            exc.add_note("added by a caller")
+            raised.append(exc)
+    assert len({id(e) for e in raised}) == 3
+    for exc in raised:
+        assert exc.__notes__ == ["from the test", "added by a caller"]
+        assert exc.__traceback__ is not None
+    assert template.__notes__ == ["from the test"]
+
+
+def test_fault_injector_validates_errors_at_construction() -> None:
+    """A type that cannot be raised without arguments is refused at once."""
+
+    class NeedsMessage(Exception):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+
+    with pytest.raises(TypeError, match=r"^errors must be exception types callable without"):
+        FaultInjector(errors=[NeedsMessage])
+    with pytest.raises(TypeError, match=r"^errors must be exception types or instances, got 3$"):
+        FaultInjector(errors=[KeyError, 3])
+    with pytest.raises(TypeError, match=r"^latency must be a sync callable"):
+
+        async def slow(rng: random.Random) -> float:
+            return 1.0
+
+        FaultInjector(latency=slow)  # type: ignore[arg-type]
+    assert FaultInjector(errors=[NeedsMessage("boom")]).errors[0].args == ("boom",)

@@ -39,6 +39,7 @@ from ._exceptions import (
 from ._hedge import Hedge, HedgeStatistics
 from ._pipeline import (
     Bulkhead,
+    BulkheadStatistics,
     FailAfter,
     Fallback,
     GuardedNursery,
@@ -48,7 +49,7 @@ from ._pipeline import (
 )
 from ._ratelimit import RateLimiter
 from ._ratelimit_parts import RateLimiterStatistics
-from ._retry import Attempt, Retry
+from ._retry import Attempt, Retry, RetryStatistics
 from ._retry_budget import RetryBudget, RetryBudgetDelta, RetryBudgetStatistics
 from ._shedding import (
     CoDelShedding,
@@ -76,6 +77,7 @@ __all__ = [
     "BreakerRegistry",
     "Bulkhead",
     "BulkheadFullError",
+    "BulkheadStatistics",
     "CircuitBreaker",
     "CircuitBreakerStatistics",
     "CircuitOpenError",
@@ -111,6 +113,7 @@ __all__ = [
     "RetryBudgetDelta",
     "RetryBudgetStatistics",
     "RetryError",
+    "RetryStatistics",
     "ShedChannelStatistics",
     "ShedMemoryReceiveChannel",
     "ShedMemorySendChannel",

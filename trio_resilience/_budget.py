@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from . import _live
 from ._backoff import Backoff, ExponentialBackoff
 from ._exceptions import LoopBudgetExhausted
 from ._log import BUDGET_EXHAUSTED, BUDGET_THROTTLED, get_logger
@@ -20,10 +21,10 @@ from ._validate import (
     check_bool,
     check_int,
     check_logger,
-    check_number,
     check_optional_int,
     check_optional_number,
     check_str,
+    check_window,
 )
 
 T = TypeVar("T")
@@ -32,6 +33,104 @@ _current_time = trio.current_time
 _checkpoint = trio.lowlevel.checkpoint
 
 _SEED_BACKOFF = ExponentialBackoff(base=0.01, multiplier=1.5, max_delay=1.0, jitter_factor=0.0)
+_MIN_CAPACITY = 16
+
+
+class _TickRing:
+    """Times of the ticks still in the window, oldest first: 8 bytes each (``array('d')``).
+
+    The capacity grows by doubling up to ``limit`` (``max_iterations_per_window``) as
+    ticks crowd the window and shrinks when they thin out, so memory follows the ticks
+    actually in the window, never the limit. :meth:`expire` drops ticks that left the
+    window; each tick is dropped once, so every operation is O(1) amortized.
+    """
+
+    __slots__ = ("_buf", "_cap", "_head", "count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cap = min(limit, _MIN_CAPACITY)
+        self._buf = array("d", bytes(8 * self._cap))
+        self._head = 0
+        self.count = 0
+
+    def oldest(self) -> float:
+        return self._buf[self._head]
+
+    def expire(self, now: float, window: float) -> None:
+        """Drop the ticks that left the window ending at ``now`` (``t + window <= now``)."""
+        buf, cap = self._buf, self._cap
+        head, count = self._head, self.count
+        while count and buf[head] + window <= now:
+            head += 1
+            if head == cap:
+                head = 0
+            count -= 1
+        self._head, self.count = head, count
+        if count * 4 < cap and cap > _MIN_CAPACITY:
+            self._resize(max(_MIN_CAPACITY, cap // 2))
+
+    def admit(self, now: float, window: float) -> bool:
+        """Expire, then add a tick at ``now`` unless the window is full (then False).
+
+        The tick's fast path: one call, no allocation while the capacity suffices.
+        """
+        count = self.count
+        buf = self._buf
+        cap = self._cap
+        head = self._head
+        if count and buf[head] + window <= now:
+            while count and buf[head] + window <= now:  # expiry, inline
+                head += 1
+                if head == cap:
+                    head = 0
+                count -= 1
+            self._head = head
+            if count * 4 < cap and cap > _MIN_CAPACITY:
+                self.count = count
+                self._resize(max(_MIN_CAPACITY, cap // 2))
+                buf, cap, head = self._buf, self._cap, 0
+        if count == self.limit:
+            self.count = count
+            return False
+        if count == cap:
+            self.count = count
+            self._resize(min(self.limit, cap * 2))
+            buf, cap, head = self._buf, self._cap, 0
+        index = head + count
+        if index >= cap:
+            index -= cap
+        buf[index] = now
+        self.count = count + 1
+        return True
+
+    def drop_oldest(self) -> None:
+        """Forget the oldest tick (zero_backoff(): a throttled tick passes at once)."""
+        self._head = self._head + 1 if self._head + 1 < self._cap else 0
+        self.count -= 1
+
+    def append(self, now: float) -> None:
+        """Add a tick; the caller ensures ``count < limit`` (after :meth:`expire`)."""
+        if self.count == self._cap:
+            self._resize(min(self.limit, self._cap * 2))
+        index = self._head + self.count
+        if index >= self._cap:
+            index -= self._cap
+        self._buf[index] = now
+        self.count += 1
+
+    def _resize(self, capacity: int) -> None:
+        buf, head, count = self._buf, self._head, self.count
+        ordered = array("d", bytes(8 * capacity))
+        for i in range(count):
+            j = head + i
+            ordered[i] = buf[j - self._cap if j >= self._cap else j]
+        self._buf, self._cap, self._head = ordered, capacity, 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the ring's buffer."""
+        return self._cap * 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +184,11 @@ class LoopBudget:
     """
 
     __slots__ = (
+        "__weakref__",
         "_deadline",
         "_entered",
         "_exhausted_by",
+        "_exited",
         "_iterations",
         "_last_throttle_log",
         "_limit",
@@ -122,7 +223,7 @@ class LoopBudget:
         self.max_iterations_per_window = check_int(
             "max_iterations_per_window", max_iterations_per_window, minimum=1, maximum=MAX_SIZE
         )
-        self.window = check_number("window", window, gt=0)
+        self.window = check_window("window", window)
         if not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {backoff!r}")
         self.backoff = backoff
@@ -134,8 +235,9 @@ class LoopBudget:
         self._logger = get_logger(logger)
         self.cancel_scope = trio.CancelScope()
         self._limit = math.inf if self.max_iterations is None else self.max_iterations
-        self._ticks: deque[float] = deque(maxlen=self.max_iterations_per_window)
+        self._ticks = _TickRing(self.max_iterations_per_window)
         self._entered = False
+        self._exited = False
         self._iterations = 0
         self._throttled = 0
         self._throttle_time = 0.0
@@ -143,6 +245,7 @@ class LoopBudget:
         self._start = 0.0
         self._deadline = math.inf
         self._last_throttle_log = -math.inf
+        _live.register("loop_budget", self)
 
     # -------------------------------------------------------------- presets
 
@@ -188,6 +291,7 @@ class LoopBudget:
         tb: TracebackType | None,
     ) -> bool:
         scope = self.cancel_scope
+        self._exited = True
         try:
             swallowed = scope.__exit__(exc_type, exc, tb)
         finally:
@@ -211,30 +315,35 @@ class LoopBudget:
         """Count one iteration; wait while the window is full; cancel at a hard limit.
 
         Raises:
-            RuntimeError: the budget is not entered.
+            RuntimeError: the budget is not entered, or its block has exited.
 
         **Cancellation**: always a checkpoint. A throttled tick sleeps and can be
         cancelled there. Past ``max_iterations`` the tick cancels the budget's scope,
         so the Cancelled it raises ends the ``with`` block.
         """
-        if self._iterations >= self._limit or not self._entered:
+        if self._iterations >= self._limit or not self._entered or self._exited:
             self._hit_max_iterations()
             await _checkpoint()  # raises Cancelled: the scope is cancelled
             return  # pragma: no cover - only when shielded from its own scope
         now = _current_time()
         ticks = self._ticks
-        if len(ticks) == self.max_iterations_per_window and ticks[0] + self.window > now:
+        if not ticks.admit(now, self.window):
             if not ZERO_BACKOFF.get():
                 await self._throttle(now)
                 return
             self._throttled += 1  # zero_backoff(): counted, not waited for
-        ticks.append(now)
+            ticks.drop_oldest()  # make room: the oldest tick gives way
+            ticks.append(now)
         self._iterations += 1
         await _checkpoint()
 
     def _hit_max_iterations(self) -> None:
         if not self._entered:
             raise RuntimeError("enter the LoopBudget with `with` before ticking it")
+        if self._exited:
+            raise RuntimeError(
+                "the LoopBudget's `with` block has exited; tick it only inside the block"
+            )
         if self._exhausted_by is None:
             self._exhaust("max_iterations")
         self.cancel_scope.cancel()
@@ -248,22 +357,23 @@ class LoopBudget:
                 BUDGET_THROTTLED,
                 budget=self.name,
                 iterations=self._iterations,
-                iterations_in_window=len(ticks),
+                iterations_in_window=ticks.count,
                 throttled=self._throttled,
             )
         delays = self.backoff.delays()
         started = now
         try:
-            while ticks[0] + self.window > now:
+            while ticks.count == self.max_iterations_per_window:
                 # Back off, but never past the moment the window admits this tick; a
                 # zero delay would spin, so it waits for that moment too.
-                opens = ticks[0] + self.window
+                opens = ticks.oldest() + self.window
                 delay = next(delays)
                 if 0 < delay < opens - now:
                     await trio.sleep(delay)
                 else:
                     await trio.sleep_until(opens)
                 now = _current_time()
+                ticks.expire(now, self.window)
         finally:
             self._throttle_time += _current_time() - started
         ticks.append(now)
@@ -300,8 +410,12 @@ class LoopBudget:
             now = _current_time()
         except RuntimeError:
             now = math.inf
-        window = self.window
-        in_window = sum(1 for t in self._ticks if t + window > now)
+        ticks = self._ticks
+        if now != math.inf:
+            ticks.expire(now, self.window)
+            in_window = ticks.count
+        else:
+            in_window = 0
         return LoopBudgetStatistics(
             iterations=self._iterations,
             iterations_in_window=in_window,

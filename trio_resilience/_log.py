@@ -12,10 +12,33 @@ BREAKER_STATE_CHANGED = "trio_resilience.breaker.state_changed"
 BREAKER_LISTENER_FAILED = "trio_resilience.breaker.listener_failed"
 RETRY_SCHEDULED = "trio_resilience.retry.scheduled"
 RETRY_GAVE_UP = "trio_resilience.retry.gave_up"
+RETRY_HINT_FAILED = "trio_resilience.retry.hint_failed"
+CLASSIFY_FAILED = "trio_resilience.classify_failed"
 BUDGET_THROTTLED = "trio_resilience.budget.throttled"
 BUDGET_EXHAUSTED = "trio_resilience.budget.exhausted"
 SHED_DROPPED = "trio_resilience.shed.dropped"
 SHED_CALLBACK_FAILED = "trio_resilience.shed.on_shed_failed"
+
+
+def safe_repr(value: object, limit: int = 1000) -> str:
+    """``repr(value)`` cut to ``limit`` characters, never raising (for log values).
+
+    An object whose ``__repr__`` raises shows as ``<unrepresentable T>``: logging about
+    a user's error or result must never replace it with an error of its own.
+    """
+    try:
+        text = repr(value)
+        if not isinstance(text, str):
+            raise TypeError
+    except Exception:
+        try:
+            name = type(value).__name__
+        except Exception:  # pragma: no cover - a type without a name
+            name = "object"
+        return f"<unrepresentable {name}>"
+    if len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
 
 
 def get_logger(logger: Any = None) -> Any:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from . import _live
+from ._breaker import CircuitBreaker
 from ._classify import NEVER_COUNTED, ExceptionSpec, Matcher, leaves
 from ._decorate import decorate
-from ._validate import check_int, check_number, check_str
+from ._exceptions import BulkheadFullError
+from ._retry import Retry
+from ._validate import (
+    check_int,
+    check_number,
+    check_optional_number,
+    check_str,
+    is_async_callable,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,10 +40,7 @@ class Policy(Protocol):
         ...
 
 
-def _is_async_callable(obj: object) -> bool:
-    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
-        getattr(obj, "__call__", None)  # noqa: B004 - async callable objects
-    )
+_is_async_callable = is_async_callable
 
 
 def _check_policy(where: str, policy: object) -> Policy:
@@ -57,27 +64,86 @@ class _Decorates:
         return decorate(type(self).__name__, self.call, fn)
 
 
+@dataclass(frozen=True, slots=True)
+class BulkheadStatistics:
+    """A snapshot of a :class:`Bulkhead`."""
+
+    max_concurrent: int
+    """The limiter's total tokens."""
+    in_flight: int
+    """Tokens borrowed now (calls running; with a shared limiter, its other users too)."""
+    waiting: int
+    """Tasks waiting for a token."""
+    total_admitted: int
+    """Calls this bulkhead admitted over its life."""
+    total_rejected: int
+    """Calls refused with :class:`BulkheadFullError` (``max_wait`` ran out)."""
+    total_cancelled: int
+    """Calls cancelled while waiting for a token."""
+    max_wait: float | None
+    """The longest a call waits for a token; None: no limit."""
+
+    @property
+    def borrowed_tokens(self) -> int:
+        """Wave-1 name of :attr:`in_flight` (``trio.CapacityLimiter`` vocabulary)."""
+        return self.in_flight
+
+    @property
+    def tasks_waiting(self) -> int:
+        """Wave-1 name of :attr:`waiting`."""
+        return self.waiting
+
+    @property
+    def total_tokens(self) -> int:
+        """Wave-1 name of :attr:`max_concurrent`."""
+        return self.max_concurrent
+
+
 class Bulkhead(_Decorates):
     """At most ``max_concurrent`` calls at once, through a ``trio.CapacityLimiter``.
 
     Args:
         max_concurrent: an int (a new limiter of that many tokens) or an existing
             ``trio.CapacityLimiter`` to share.
-        name: a label.
+        max_wait: the longest a call waits for a token: ``None`` waits as long as the
+            caller's cancel scope allows, ``0`` rejects at once when no token is free,
+            a positive number waits at most that long. A call that gets no token in
+            time raises :class:`BulkheadFullError`.
+        name: a label for errors and metrics.
 
-    Calls wait for a token (the caller's cancel scope bounds the wait) and give it back
-    on every path, cancellation included.
+    Calls give their token back on every path, cancellation included.
     """
 
-    __slots__ = ("_limiter", "name")
+    __slots__ = (
+        "__weakref__",
+        "_admitted",
+        "_cancelled",
+        "_limiter",
+        "_rejected",
+        "max_wait",
+        "name",
+    )
 
-    def __init__(self, max_concurrent: int | trio.CapacityLimiter, *, name: str = "default"):
+    def __init__(
+        self,
+        max_concurrent: int | trio.CapacityLimiter,
+        *,
+        max_wait: float | None = None,
+        name: str = "default",
+    ):
         if isinstance(max_concurrent, trio.CapacityLimiter):
             self._limiter = max_concurrent
         else:
             check_int("max_concurrent", max_concurrent, minimum=1)
             self._limiter = trio.CapacityLimiter(max_concurrent)
+        self.max_wait = check_optional_number("max_wait", max_wait, ge=0, allow_inf=True)
+        if self.max_wait == float("inf"):
+            self.max_wait = None
         self.name = check_str("name", name)
+        self._admitted = 0
+        self._rejected = 0
+        self._cancelled = 0
+        _live.register("bulkhead", self)
 
     @property
     def max_concurrent(self) -> int:
@@ -90,21 +156,70 @@ class Bulkhead(_Decorates):
         return self._limiter
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Wait for a token, run ``fn``, give the token back.
+        """Wait for a token (at most ``max_wait``), run ``fn``, give the token back.
 
-        **Cancellation**: a checkpoint; cancelled while waiting, no token is taken.
+        Raises:
+            BulkheadFullError: no token was free within ``max_wait``.
+
+        **Cancellation**: a checkpoint, also when it rejects; cancelled while waiting,
+        no token is taken.
         """
         limiter = self._limiter
         token = _Token()
-        await limiter.acquire_on_behalf_of(token)
+        max_wait = self.max_wait
+        if max_wait is None:
+            try:
+                await limiter.acquire_on_behalf_of(token)
+            except BaseException:
+                self._cancelled += 1
+                raise
+        elif not max_wait:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                limiter.acquire_on_behalf_of_nowait(token)
+            except trio.WouldBlock:
+                self._rejected += 1
+                await trio.lowlevel.checkpoint()
+                raise BulkheadFullError(self.name, self.max_concurrent) from None
+            try:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            except BaseException:  # pragma: no cover - a shielded checkpoint never raises
+                limiter.release_on_behalf_of(token)
+                raise
+        else:
+            await self._acquire_within(token, max_wait)
+        self._admitted += 1
         try:
             return await fn(*args, **kwargs)
         finally:
             limiter.release_on_behalf_of(token)
 
-    def statistics(self) -> Any:
-        """The limiter's ``statistics()``: ``borrowed_tokens``, ``tasks_waiting`` ..."""
-        return self._limiter.statistics()
+    async def _acquire_within(self, token: _Token, max_wait: float) -> None:
+        limiter = self._limiter
+        acquired = False
+        try:
+            with trio.move_on_after(max_wait):
+                await limiter.acquire_on_behalf_of(token)
+                acquired = True
+        except BaseException:
+            self._cancelled += 1
+            raise
+        if not acquired:
+            self._rejected += 1
+            raise BulkheadFullError(self.name, self.max_concurrent)
+
+    def statistics(self) -> BulkheadStatistics:
+        """Return a frozen snapshot of the bulkhead and its limiter."""
+        limiter = self._limiter.statistics()
+        return BulkheadStatistics(
+            max_concurrent=int(limiter.total_tokens),
+            in_flight=limiter.borrowed_tokens,
+            waiting=limiter.tasks_waiting,
+            total_admitted=self._admitted,
+            total_rejected=self._rejected,
+            total_cancelled=self._cancelled,
+            max_wait=self.max_wait,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -172,8 +287,11 @@ class Fallback(_Decorates):
         for leaf in leaves(exc):
             if isinstance(leaf, NEVER_COUNTED):
                 return False
-            if not found and self._matcher.leaf(leaf):
-                found = True
+            if not found:
+                try:
+                    found = self._matcher.leaf(leaf)
+                except Exception:  # a predicate that raises: no fallback, the error stays
+                    return False
         return found
 
     async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
@@ -194,9 +312,31 @@ class Fallback(_Decorates):
         return f"Fallback({self.value_or_async_fn!r}, on={self.on!r})"
 
 
+def _breakers_in(policies: tuple[Any, ...]) -> tuple[CircuitBreaker, ...]:
+    """The CircuitBreakers among ``policies`` and inside nested Pipelines, each once."""
+    found: list[CircuitBreaker] = []
+    for policy in policies:
+        if isinstance(policy, Pipeline):
+            inner = _breakers_in(policy.policies)
+        elif isinstance(policy, CircuitBreaker):
+            inner = (policy,)
+        else:
+            continue
+        found.extend(b for b in inner if all(b is not f for f in found))
+    return tuple(found)
+
+
 def _compose(policies: tuple[Policy, ...]) -> Callable[..., Awaitable[Any]] | None:
     call: Callable[..., Awaitable[Any]] | None = None
-    for policy in reversed(policies):
+    for i in range(len(policies) - 1, -1, -1):
+        policy = policies[i]
+        if isinstance(policy, Retry) and call is not None:
+            # Retry knows the breakers it wraps, per call: one Retry may serve many
+            # pipelines (see Retry: no sleep for a retry a breaker would reject).
+            breakers = _breakers_in(policies[i + 1 :])
+            if breakers:
+                call = functools.partial(policy._call_within, breakers, call)
+                continue
         call = policy.call if call is None else functools.partial(policy.call, call)
     return call
 
@@ -206,7 +346,9 @@ class Pipeline(_Decorates):
 
     ``Pipeline(Retry(...), breaker, FailAfter(2))`` retries calls that each pass
     through the breaker, each attempt under a 2 s deadline. A Pipeline is itself a
-    policy (and a decorator).
+    policy (and a decorator). A :class:`Retry` outside :class:`CircuitBreaker` s of the
+    same Pipeline (or of Pipelines nested after it) gives up at once, reason
+    ``"circuit_open"``, rather than sleep for a retry a breaker would still reject.
 
     Raises:
         TypeError: an argument is not a policy; the message gives its position.
@@ -234,6 +376,31 @@ class Pipeline(_Decorates):
         return f"Pipeline({', '.join(repr(p) for p in self.policies)})"
 
 
+def duties_of(policies: tuple[Any, ...]) -> list[Callable[[], Awaitable[Any]]]:
+    """The ``serve`` duty of each policy, and of each policy inside a Pipeline, once each.
+
+    A duty is an ``async def serve(self)`` method, found by duck typing; policies
+    without one (or with a sync ``serve``) have none.
+    """
+    found: list[Callable[[], Awaitable[Any]]] = []
+    seen: list[object] = []
+
+    def visit(items: tuple[Any, ...]) -> None:
+        for policy in items:
+            if any(policy is other for other in seen):
+                continue
+            seen.append(policy)
+            if isinstance(policy, Pipeline):
+                visit(policy.policies)
+                continue
+            serve = getattr(policy, "serve", None)
+            if serve is not None and is_async_callable(serve):
+                found.append(serve)
+
+    visit(policies)
+    return found
+
+
 class _OnceTaskStatus(trio.TaskStatus[Any]):
     """Forward the first ``started()``; a retried child may call it again harmlessly."""
 
@@ -248,32 +415,104 @@ class _OnceTaskStatus(trio.TaskStatus[Any]):
 
 
 class GuardedNursery:
-    """A Trio nursery whose children all run through a :class:`Pipeline`."""
+    """A Trio nursery whose children all run through a :class:`Pipeline`.
+
+    The policies' duties (``serve()``) run in the same nursery, under their own cancel
+    scope, until the body and every child started through :meth:`start_soon` or
+    :meth:`start` are done; :attr:`child_tasks` lists only those children.
+    """
 
     def __init__(self, nursery: trio.Nursery, pipeline: Pipeline) -> None:
         self._nursery = nursery
         self.pipeline = pipeline
+        self._duty_scopes: list[trio.CancelScope] = []
+        self._duty_tasks: set[trio.lowlevel.Task] = set()
+        self._children = 0
+        self._body_done = False
 
     @property
     def cancel_scope(self) -> trio.CancelScope:
-        """The nursery's cancel scope."""
+        """The nursery's cancel scope: cancelling it cancels children and duties."""
         return self._nursery.cancel_scope
 
     @property
     def nursery(self) -> trio.Nursery:
-        """The underlying Trio nursery (its children are not guarded)."""
+        """The underlying Trio nursery (tasks started on it directly are not guarded)."""
         return self._nursery
 
     @property
+    def parent_task(self) -> trio.lowlevel.Task:
+        """The task that opened the nursery."""
+        return self._nursery.parent_task
+
+    @property
     def child_tasks(self) -> frozenset[trio.lowlevel.Task]:
-        """The nursery's running children."""
-        return self._nursery.child_tasks
+        """The running children, without the policies' duties."""
+        tasks = self._nursery.child_tasks
+        if not self._duty_tasks:
+            return tasks
+        return frozenset(t for t in tasks if t not in self._duty_tasks)
+
+    @property
+    def duty_tasks(self) -> frozenset[trio.lowlevel.Task]:
+        """The tasks running the policies' ``serve()`` duties."""
+        return frozenset(self._duty_tasks)
+
+    # ------------------------------------------------------------ duties
+
+    async def _start_duties(self, duties: list[Callable[[], Awaitable[Any]]]) -> None:
+        for serve in duties:
+            await self._nursery.start(self._duty, serve, name=_duty_name(serve))
+
+    async def _duty(
+        self,
+        serve: Callable[[], Awaitable[Any]],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task = trio.lowlevel.current_task()
+        self._duty_tasks.add(task)
+        try:
+            with trio.CancelScope() as scope:
+                self._duty_scopes.append(scope)
+                if self._body_done and self._children == 0:
+                    scope.cancel()
+                task_status.started()
+                await serve()
+        finally:
+            self._duty_tasks.discard(task)
+
+    def _stop_duties(self) -> None:
+        for scope in self._duty_scopes:
+            scope.cancel()
+
+    def _child_done(self) -> None:
+        self._children -= 1
+        if self._children == 0 and self._body_done:
+            self._stop_duties()
+
+    def _body_finished(self) -> None:
+        self._body_done = True
+        if self._children == 0:
+            self._stop_duties()
+
+    async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await self.pipeline.call(fn, *args)
+        finally:
+            self._child_done()
+
+    # ------------------------------------------------------------ children
 
     def start_soon(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
     ) -> None:
         """Start ``fn(*args)`` as a child, run through the pipeline."""
-        self._nursery.start_soon(self.pipeline.call, fn, *args, name=name or _name_of(fn))
+        self._children += 1
+        try:
+            self._nursery.start_soon(self._guarded, fn, *args, name=name or _name_of(fn))
+        except BaseException:
+            self._child_done()
+            raise
 
     async def start(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
@@ -283,11 +522,23 @@ class GuardedNursery:
         **Cancellation**: as ``trio.Nursery.start``.
         """
         pipeline = self.pipeline
+        ran = False
 
         async def guarded(*args: Any, task_status: trio.TaskStatus[Any]) -> None:
-            await pipeline.call(fn, *args, task_status=_OnceTaskStatus(task_status))
+            nonlocal ran
+            ran = True
+            try:
+                await pipeline.call(fn, *args, task_status=_OnceTaskStatus(task_status))
+            finally:
+                self._child_done()
 
-        return await self._nursery.start(guarded, *args, name=name or _name_of(fn))
+        self._children += 1
+        try:
+            return await self._nursery.start(guarded, *args, name=name or _name_of(fn))
+        except BaseException:
+            if not ran:
+                self._child_done()
+            raise
 
     def __repr__(self) -> str:
         return f"<GuardedNursery {self.pipeline!r}>"
@@ -295,6 +546,13 @@ class GuardedNursery:
 
 def _name_of(fn: object) -> object:
     return getattr(fn, "__qualname__", None) or fn
+
+
+def _duty_name(serve: object) -> str:
+    owner = getattr(serve, "__self__", None)
+    label = getattr(owner, "name", None)
+    kind = type(owner).__name__ if owner is not None else "policy"
+    return f"{kind}({label!r}).serve" if isinstance(label, str) else f"{kind}.serve"
 
 
 @asynccontextmanager
@@ -307,10 +565,22 @@ async def open_guarded_nursery(*policies: Policy) -> AsyncIterator[GuardedNurser
             for url in urls:
                 nursery.start_soon(fetch, url)
 
-    Errors propagate exactly as from a Trio nursery.
+    Opening it starts the duty (``async def serve(self)``) of each policy that has one,
+    and of each policy inside a Pipeline, once each: a breaker's timed transitions, a
+    shedding channel's log flushes. The duties are cancelled once the body and every
+    guarded child are done; they never appear in ``child_tasks``. Errors propagate
+    exactly as from a Trio nursery (a duty that raises cancels the nursery too).
 
-    **Cancellation**: as ``trio.open_nursery``; ``cancel_scope`` cancels every child.
+    **Cancellation**: as ``trio.open_nursery``; ``cancel_scope`` cancels every child
+    and every duty.
     """
     pipeline = Pipeline(*policies)
+    duties = duties_of(policies)
     async with trio.open_nursery() as nursery:
-        yield GuardedNursery(nursery, pipeline)
+        guarded = GuardedNursery(nursery, pipeline)
+        if duties:
+            await guarded._start_duties(duties)
+        try:
+            yield guarded
+        finally:
+            guarded._body_finished()

@@ -175,7 +175,12 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """Count one first attempt (``ratio`` tokens). Needs ``trio.run``."""
-        self._ring.count(self._now(), _DEP, 1)
+        # The hot path reads the clock only; the run is checked where tokens are spent
+        # or read (try_withdraw, statistics, the port), which clears an earlier run's
+        # counts before they could fund a retry (deposits of the new run made before
+        # that first check go with them: conservative, never generous).
+        now = _current_time() if self._run is not None else self._now()
+        self._ring.count(now, _DEP, 1)
         self._deposits += 1
         self._unsynced_dep += 1
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final
 
 import outcome
 import trio
@@ -21,9 +22,10 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
+from . import _live
 from ._exceptions import LoadShedError
-from ._log import SHED_CALLBACK_FAILED, SHED_DROPPED, get_logger
-from ._validate import check_logger, check_number, check_optional_callable, check_str
+from ._log import SHED_CALLBACK_FAILED, SHED_DROPPED, get_logger, safe_repr
+from ._validate import check_logger, check_number, check_str, check_sync_callable
 
 T = TypeVar("T")
 _C = TypeVar("_C", bound="_SyncClose")
@@ -202,6 +204,7 @@ class _Accounting:
         "on_shed",
         "policy",
         "received",
+        "receivers_gone",
         "sent",
         "shed",
     )
@@ -218,9 +221,15 @@ class _Accounting:
         self.last_log = -float("inf")
         self.logged_shed = 0
         self.logged_evicted = 0
+        # ShedSendChannel only: whether the wrapped channel's receivers were seen closed.
+        self.receivers_gone = False
 
     def dropped(self, item: Any, reason: str, *, evicted: bool) -> None:
-        """Count a shed or evicted item, tell on_shed, and log at most once a second."""
+        """Count a shed or evicted item, tell on_shed, and log at most once a second.
+
+        Never raises: a failing ``on_shed`` or logger cannot break a send that already
+        enqueued (drop-oldest evicts after admitting the new item).
+        """
         if evicted:
             self.evicted += 1
         else:
@@ -230,9 +239,10 @@ class _Accounting:
             try:
                 callback(item, reason)
             except Exception as exc:
-                self._logger.error(
-                    SHED_CALLBACK_FAILED, channel=self.name, error=repr(exc), exc_info=exc
-                )
+                with contextlib.suppress(Exception):  # a logger that raises
+                    self._logger.error(
+                        SHED_CALLBACK_FAILED, channel=self.name, error=safe_repr(exc), exc_info=exc
+                    )
         try:
             now = _current_time()
         except RuntimeError:  # pragma: no cover - closing outside trio.run
@@ -241,19 +251,38 @@ class _Accounting:
             self.last_log = now
             self.flush_log()
 
+    def flush_due(self) -> None:
+        """Log the counts pending since the last event if a second has passed (serve())."""
+        now = _current_time()
+        if now >= self.last_log + _LOG_INTERVAL and self.pending():
+            self.last_log = now
+            self.flush_log()
+
+    def pending(self) -> bool:
+        """Whether sheds or evictions happened since the last event."""
+        return self.shed != self.logged_shed or self.evicted != self.logged_evicted
+
     def flush_log(self) -> None:
+        """Log the counts since the last event now, if there are any."""
         shed = self.shed - self.logged_shed
         evicted = self.evicted - self.logged_evicted
         if shed or evicted:
             self.logged_shed = self.shed
             self.logged_evicted = self.evicted
-            self._logger.warning(
-                SHED_DROPPED,
-                channel=self.name,
-                shed=shed,
-                evicted=evicted,
-                policy=self.policy.name,
-            )
+            with contextlib.suppress(Exception):  # a logger that raises
+                self._logger.warning(
+                    SHED_DROPPED,
+                    channel=self.name,
+                    shed=shed,
+                    evicted=evicted,
+                    policy=self.policy.name,
+                )
+
+    async def serve(self) -> NoReturn:
+        """Flush pending shed counts every second, so a burst's tail is logged on time."""
+        while True:
+            await trio.sleep(_LOG_INTERVAL)
+            self.flush_due()
 
 
 # ---------------------------------------------------------------------- the channel
@@ -261,6 +290,7 @@ class _Accounting:
 
 class _State(Generic[T]):
     __slots__ = (
+        "__weakref__",
         "acct",
         "codel",
         "data",
@@ -292,6 +322,11 @@ class _State(Generic[T]):
         self.receive_tasks: OrderedDict[Task, None] = OrderedDict()
         self.open_send_channels = 0
         self.open_receive_channels = 0
+
+    @property
+    def name(self) -> str:
+        """The channel's name (for exporters listing live channels)."""
+        return self.acct.name
 
     def statistics(self) -> ShedChannelStatistics:
         acct = self.acct
@@ -429,10 +464,18 @@ class ShedMemorySendChannel(_Handle, trio.abc.SendChannel[T]):
         state.open_send_channels += 1
 
     def send_nowait(self, value: T) -> None:
-        """Enqueue ``value`` at once, or raise ``WouldBlock`` or :class:`LoadShedError`."""
+        """Enqueue ``value`` at once, or shed it: never ``trio.WouldBlock``.
+
+        Raises:
+            LoadShedError: the policy shed the item, or there was no room for it now
+                (reason ``"buffer_full"``); counted and logged like any shed.
+            trio.BrokenResourceError: every receive end is closed.
+            trio.ClosedResourceError: this send end is closed.
+        """
         if self._offer(value):
             return
-        raise trio.WouldBlock
+        self._state.acct.dropped(value, "buffer_full", evicted=False)
+        raise LoadShedError(value, "buffer_full")
 
     def _offer(self, value: T) -> bool:
         """Enqueue without waiting: True if done; False if the sender must wait."""
@@ -514,13 +557,27 @@ class ShedMemorySendChannel(_Handle, trio.abc.SendChannel[T]):
         return ShedMemorySendChannel(self._state)
 
     def close(self) -> None:
-        """Close this send end synchronously (not a checkpoint)."""
+        """Close this send end synchronously (not a checkpoint).
+
+        Closing the last send end logs the shed counts still pending.
+        """
         state = self._state
         if not self._close_handle(state.send_tasks):
             return
         state.open_send_channels -= 1
         if state.open_send_channels == 0:
             _fail_waiters(state.receive_tasks, trio.EndOfChannel)
+            state.acct.flush_log()
+
+    async def serve(self) -> NoReturn:
+        """The channel's duty: log pending shed counts every second.
+
+        Without it, the counts of a burst are logged by the next shed after a second,
+        or when the channel closes. Run it as ``nursery.start_soon(send.serve)``.
+
+        **Cancellation**: runs until cancelled.
+        """
+        await self._state.acct.serve()
 
     def statistics(self) -> ShedChannelStatistics:
         """Return the channel's accounting (the same from either end)."""
@@ -587,6 +644,13 @@ class ShedMemoryReceiveChannel(_Handle, trio.abc.ReceiveChannel[T]):
             raise trio.ClosedResourceError
         return ShedMemoryReceiveChannel(self._state)
 
+    async def serve(self) -> NoReturn:
+        """The channel's duty: log pending shed counts every second (as the send end's).
+
+        **Cancellation**: runs until cancelled.
+        """
+        await self._state.acct.serve()
+
     def close(self) -> None:
         """Close this receive end synchronously (not a checkpoint).
 
@@ -616,7 +680,7 @@ class ShedMemoryReceiveChannel(_Handle, trio.abc.ReceiveChannel[T]):
 def _check_common(policy: object, on_shed: object, name: object, logger: object) -> None:
     if not isinstance(policy, SheddingPolicy):
         _mode_of(policy)  # raises the TypeError
-    check_optional_callable("on_shed", on_shed)
+    check_sync_callable("on_shed", on_shed)
     check_str("name", name)
     check_logger(logger)
 
@@ -624,15 +688,31 @@ def _check_common(policy: object, on_shed: object, name: object, logger: object)
 _DEFAULT_POLICY = ProbabilisticShedding()
 
 
-def open_shedding_channel(
+def _open_shedding_channel(
     max_buffer_size: int,
-    *,
-    policy: SheddingPolicy = _DEFAULT_POLICY,
-    on_shed: OnShed | None = None,
-    name: str = "default",
-    logger: Any = None,
+    policy: SheddingPolicy,
+    on_shed: OnShed | None,
+    name: str,
+    logger: Any,
 ) -> tuple[ShedMemorySendChannel[Any], ShedMemoryReceiveChannel[Any]]:
+    if not isinstance(max_buffer_size, int) or isinstance(max_buffer_size, bool):
+        raise TypeError(f"max_buffer_size must be an int, got {max_buffer_size!r}")
+    if max_buffer_size < 1:
+        raise ValueError(f"max_buffer_size must be >= 1, got {max_buffer_size!r}")
+    _check_common(policy, on_shed, name, logger)
+    state: _State[Any] = _State(max_buffer_size, policy, _Accounting(policy, on_shed, name, logger))
+    _live.register("channel", state)
+    return ShedMemorySendChannel(state), ShedMemoryReceiveChannel(state)
+
+
+# Written as a class, as trio.open_memory_channel is, so that
+# open_shedding_channel[int](5) works and type-checks.
+@final
+class open_shedding_channel(tuple["ShedMemorySendChannel[T]", "ShedMemoryReceiveChannel[T]"]):
     """Open a memory channel that sheds by ``policy`` instead of queueing without bound.
+
+    ``open_shedding_channel[int](10)`` types the channel, as
+    ``trio.open_memory_channel[int](10)`` does.
 
     Args:
         max_buffer_size: the buffer's capacity, at least 1.
@@ -640,19 +720,35 @@ def open_shedding_channel(
             :class:`DropOldest` or :class:`CoDelShedding`.
         on_shed: called as ``on_shed(item, reason)`` for every item shed or evicted;
             an exception it raises is logged and never breaks the channel.
-        name: a label for logs.
+        name: a label for logs and metrics.
         logger: a structlog-like logger.
 
     Returns:
         A ``(send_channel, receive_channel)`` pair with Trio memory-channel semantics.
     """
-    if not isinstance(max_buffer_size, int) or isinstance(max_buffer_size, bool):
-        raise TypeError(f"max_buffer_size must be an int, got {max_buffer_size!r}")
-    if max_buffer_size < 1:
-        raise ValueError(f"max_buffer_size must be >= 1, got {max_buffer_size!r}")
-    _check_common(policy, on_shed, name, logger)
-    state: _State[Any] = _State(max_buffer_size, policy, _Accounting(policy, on_shed, name, logger))
-    return ShedMemorySendChannel(state), ShedMemoryReceiveChannel(state)
+
+    def __new__(  # type: ignore[misc]
+        cls,
+        max_buffer_size: int,
+        *,
+        policy: SheddingPolicy = _DEFAULT_POLICY,
+        on_shed: OnShed | None = None,
+        name: str = "default",
+        logger: Any = None,
+    ) -> tuple[ShedMemorySendChannel[T], ShedMemoryReceiveChannel[T]]:
+        return _open_shedding_channel(max_buffer_size, policy, on_shed, name, logger)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            max_buffer_size: int,
+            *,
+            policy: SheddingPolicy = _DEFAULT_POLICY,
+            on_shed: OnShed | None = None,
+            name: str = "default",
+            logger: Any = None,
+        ) -> None: ...
 
 
 class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
@@ -661,7 +757,19 @@ class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
     Only the policies that need the send side alone are accepted
     (:class:`ProbabilisticShedding`, :class:`DropNewest`). The wrapper accounts for the
     items sent through it and its clones; for full accounting (evictions, receivers
-    closing with items buffered) use :func:`open_shedding_channel`.
+    closing with items buffered, ``on_shed`` for each of them) use
+    :func:`open_shedding_channel`.
+
+    What its figures mean: ``sent`` and ``shed`` count what passed through this
+    wrapper and its clones, exactly. Trio's public API cannot tell which buffered items
+    are whose, so ``current_buffer_used`` is the wrapped channel's count capped at what
+    this wrapper sent and has not seen leave, and ``received`` is
+    ``sent - evicted - current_buffer_used``, never decreasing. When the receivers
+    close, every item not yet seen received counts as ``evicted`` (items received
+    after the last look are counted there too: a drop is never reported as received).
+    Where other clones of the wrapped channel send directly, their items share the
+    buffer: the figures then describe this wrapper's sends as far as they can be told
+    apart, and ``sent == received + evicted + current_buffer_used`` still holds.
     """
 
     def __init__(
@@ -696,20 +804,31 @@ class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
         self.on_shed = self._acct.on_shed
         self.name = self._acct.name
         self.logger = logger
+        if _acct is None:
+            _live.register("channel", self)
 
     def send_nowait(self, value: T) -> None:
-        """Send at once, or raise ``WouldBlock`` or :class:`LoadShedError`."""
+        """Send at once, or shed: never ``trio.WouldBlock``.
+
+        Raises:
+            LoadShedError: shed by the policy, or no room now (``"buffer_full"``).
+        """
         if self._closed:
             raise trio.ClosedResourceError
         try:
             self._channel.send_nowait(value)
         except trio.WouldBlock:
             self._shed_or_wait(value)
+            self._acct.dropped(value, "buffer_full", evicted=False)
+            raise LoadShedError(value, "buffer_full") from None
+        except trio.BrokenResourceError:
+            self._receivers_closed()
             raise
         self._acct.sent += 1
 
     def _shed_or_wait(self, value: T) -> None:
         stats = self._channel.statistics()
+        self._observe(stats)
         queued = stats.current_buffer_used + stats.tasks_waiting_send
         if isinstance(self._policy, ProbabilisticShedding):
             if self._policy.should_shed(queued, self._max):
@@ -735,9 +854,16 @@ class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
             except LoadShedError:
                 await cancel_shielded_checkpoint()
                 raise
-            await self._channel.send(value)
+            try:
+                await self._channel.send(value)
+            except trio.BrokenResourceError:
+                self._receivers_closed()
+                raise
             self._acct.sent += 1
             return
+        except trio.BrokenResourceError:
+            self._receivers_closed()
+            raise
         self._acct.sent += 1
         await cancel_shielded_checkpoint()
 
@@ -748,24 +874,53 @@ class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
         return ShedSendChannel(self._channel.clone(), policy=self._policy, _acct=self._acct)
 
     def close(self) -> None:
-        """Close the wrapped channel synchronously."""
-        self._closed = True
+        """Close the wrapped channel synchronously; logs the pending shed counts."""
+        if not self._closed:
+            self._closed = True
+            self._acct.flush_log()
         self._channel.close()
+
+    async def serve(self) -> NoReturn:
+        """The channel's duty: log pending shed counts every second.
+
+        **Cancellation**: runs until cancelled.
+        """
+        await self._acct.serve()
+
+    def _receivers_closed(self) -> None:
+        """Every item not yet seen received is counted as evicted (dropped by Trio)."""
+        acct = self._acct
+        if not acct.receivers_gone:
+            acct.receivers_gone = True
+            gone = acct.sent - acct.evicted - acct.received
+            if gone > 0:
+                acct.evicted += gone
+                acct.flush_log()
+
+    def _observe(self, stats: Any) -> int:
+        """Update ``received`` from a look at the wrapped channel; return the used count."""
+        acct = self._acct
+        if stats.open_receive_channels == 0:
+            self._receivers_closed()
+        outstanding = acct.sent - acct.evicted - acct.received
+        used = 0 if acct.receivers_gone else min(stats.current_buffer_used, outstanding)
+        acct.received = acct.sent - acct.evicted - used  # never decreases
+        return used
 
     def statistics(self) -> ShedChannelStatistics:
         """Accounting of the sends made through this wrapper and its clones."""
         stats = self._channel.statistics()
         acct = self._acct
-        used = stats.current_buffer_used
-        queued = used + stats.tasks_waiting_send
+        used = self._observe(stats)
+        queued = stats.current_buffer_used + stats.tasks_waiting_send
         probability = 0.0
-        if not stats.tasks_waiting_receive:
+        if not stats.tasks_waiting_receive and stats.open_receive_channels:
             probability = self._policy.shed_probability(queued, self._max)
         return ShedChannelStatistics(
             sent=acct.sent,
-            received=max(0, acct.sent - used),
+            received=acct.received,
             shed=acct.shed,
-            evicted=0,
+            evicted=acct.evicted,
             current_buffer_used=used,
             max_buffer_size=self._max,
             tasks_waiting_send=stats.tasks_waiting_send,

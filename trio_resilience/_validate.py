@@ -8,6 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 
+def show(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: never raises, huge values cut short."""
+    try:
+        text = repr(value)
+    except Exception:  # an int past the digit limit, or a __repr__ that raises
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -21,11 +30,11 @@ def check_int(
 ) -> int:
     """Return ``value`` if it is an int (not a bool) within ``[minimum, maximum]``."""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {show(value)}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {show(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+        raise ValueError(f"{name} must be <= {maximum}, got {show(value)}")
     return value
 
 
@@ -49,19 +58,22 @@ def check_number(
 ) -> float:
     """Return ``value`` as a float if it is a real number within the bounds."""
     if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+        raise TypeError(f"{name} must be a number, got {show(value)}")
     assert isinstance(value, int | float)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float: as large as infinity
+        number = math.inf if value > 0 else -math.inf
     if math.isnan(number):
-        raise ValueError(f"{name} must not be NaN, got {value!r}")
+        raise ValueError(f"{name} must not be NaN, got {show(value)}")
     if math.isinf(number) and not allow_inf:
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name} must be finite, got {show(value)}")
     if ge is not None and number < ge:
-        raise ValueError(f"{name} must be >= {ge:g}, got {value!r}")
+        raise ValueError(f"{name} must be >= {ge:g}, got {show(value)}")
     if gt is not None and number <= gt:
-        raise ValueError(f"{name} must be > {gt:g}, got {value!r}")
+        raise ValueError(f"{name} must be > {gt:g}, got {show(value)}")
     if le is not None and number > le:
-        raise ValueError(f"{name} must be <= {le:g}, got {value!r}")
+        raise ValueError(f"{name} must be <= {le:g}, got {show(value)}")
     return number
 
 

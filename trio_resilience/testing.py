@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import random
@@ -21,8 +22,9 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from ._breaker import CircuitBreaker, CircuitState
+from ._log import safe_repr
 from ._testing_flags import ZERO_BACKOFF
-from ._validate import check_number
+from ._validate import check_number, check_sync_callable
 
 __all__ = [
     "FaultInjector",
@@ -90,7 +92,7 @@ class FaultInjector:
             high = check_number("latency high", latency[1], ge=low)
             self._latency: Callable[[random.Random], float] = lambda r: r.uniform(low, high)
         elif callable(latency):
-            self._latency = latency
+            self._latency = check_sync_callable("latency", latency, optional=False)
         else:
             constant = check_number("latency", latency, ge=0)
             self._latency = lambda r: constant
@@ -110,14 +112,8 @@ class FaultInjector:
         choices = list(errors) if isinstance(errors, list | tuple) else [errors]
         if not choices:
             raise ValueError("errors must not be empty")
-        for choice in choices:
-            if not (
-                isinstance(choice, BaseException)
-                or (isinstance(choice, type) and issubclass(choice, BaseException))
-            ):
-                raise TypeError(f"errors must be exception types or instances, got {choice!r}")
+        self._choices = [_check_error(choice) for choice in choices]
         self.errors = errors
-        self._choices = choices
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random or None, got {rng!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -133,9 +129,12 @@ class FaultInjector:
         return any(start <= when < end for start, end in self.outages)
 
     def _error(self) -> BaseException:
+        """A fresh exception: a new instance of a type, or a copy of a given instance
+        (fresh traceback, the instance's own notes only: nothing piles up)."""
         choice = self._choices[0] if len(self._choices) == 1 else self.rng.choice(self._choices)
-        error: BaseException = choice() if isinstance(choice, type) else choice
-        return error
+        if isinstance(choice, type):
+            return choice()
+        return _fresh_copy(choice)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> None:
         """One request to the flaky service: wait the latency, then maybe fail.
@@ -177,6 +176,41 @@ class FaultInjector:
             f"<FaultInjector failure_rate={self.failure_rate:g} outages={list(self.outages)} "
             f"{self._failures}/{self._calls} failed>"
         )
+
+
+def _fresh_copy(error: BaseException) -> BaseException:
+    fresh = copy.copy(error)
+    fresh.__traceback__ = None
+    fresh.__cause__ = fresh.__context__ = None
+    notes = getattr(error, "__notes__", None)
+    if notes is not None:
+        fresh.__notes__ = list(notes)
+    return fresh
+
+
+def _check_error(choice: object) -> BaseException | type[BaseException]:
+    """An exception type that can be raised as ``T()``, or an instance that copies."""
+    if isinstance(choice, type) and issubclass(choice, BaseException):
+        try:
+            choice()
+        except Exception as exc:
+            raise TypeError(
+                f"errors must be exception types callable without arguments, or "
+                f"instances; {choice.__name__}() raised {safe_repr(exc)}: pass an "
+                f"instance such as {choice.__name__}('...') instead"
+            ) from None
+        return choice
+    if isinstance(choice, BaseException):
+        try:
+            _fresh_copy(choice)
+        except Exception as exc:
+            raise TypeError(
+                f"errors must be instances that copy.copy() can copy; "
+                f"{safe_repr(choice)} raised {safe_repr(exc)}"
+            ) from None
+        # Keep a pristine template: notes added to raised copies never come back.
+        return _fresh_copy(choice)
+    raise TypeError(f"errors must be exception types or instances, got {choice!r}")
 
 
 def set_breaker_state(breaker: CircuitBreaker, state: CircuitState | str) -> None:
