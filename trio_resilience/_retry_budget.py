@@ -13,7 +13,6 @@ without touching private state; see ``docs/retry.md``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -97,7 +96,6 @@ class RetryBudget:
 
     __slots__ = (
         "__weakref__",
-        "_compat_milli",
         "_dep_unit",
         "_deposits",
         "_given_back",
@@ -158,7 +156,6 @@ class RetryBudget:
         self._remote_dep = 0
         self._remote_wd = 0
         self._remote_at = -math.inf
-        self._compat_milli = 0
         _live.register("budget", self)
 
     # ------------------------------------------------------------ the call path
@@ -199,8 +196,6 @@ class RetryBudget:
             withdrawals = 0
         units = self._reserve_units + int(deposits) * self._dep_unit
         units -= int(withdrawals) * self._token
-        if self._compat_milli:
-            units += self._compat_milli * self._token // 1000
         return units
 
     def try_withdraw(self) -> bool:
@@ -295,30 +290,6 @@ class RetryBudget:
         self._remote_at = -math.inf
         self._unsynced_dep = self._unsynced_wd = 0
         self._synced_dep = self._synced_wd = 0
-        self._compat_milli = 0
-
-    # ------------------------------------------------------------ wave-1 names
-    # trio_resilience.redis of wave 1 read these; it moves to the port above. Kept
-    # only so that it works until then: not part of the API.
-
-    @property
-    def _deposit(self) -> int:
-        return round(self.ratio * 1000)
-
-    @property
-    def _sum(self) -> int:
-        with contextlib.suppress(RuntimeError):
-            self._ring.advance(self._now())
-        deposits, withdrawals = self._ring.totals
-        return round(deposits * self.ratio * 1000 - withdrawals * 1000)
-
-    @property
-    def _external(self) -> int:
-        return self._compat_milli
-
-    @_external.setter
-    def _external(self, milli: int) -> None:
-        self._compat_milli = milli
 
     # ------------------------------------------------------------ introspection
 
