@@ -19,7 +19,15 @@ import trio.testing
 import trio_resilience
 from trio_resilience import FailAfter, Pipeline
 
-from ._scenes import _quantile
+from ._scenes import QUIET, _quantile
+
+
+def _quiet(cls: Any, **options: Any) -> Any:
+    """Build a policy that logs nowhere (the demo prints its own report), if it takes a logger."""
+    try:
+        return cls(**options, logger=QUIET)
+    except TypeError:
+        return cls(**options)
 
 
 def available(feature: str) -> bool:
@@ -155,7 +163,8 @@ async def _admission_run(config: Wave2Config, adaptive: bool) -> AdmissionFigure
     upstream = _QueueingUpstream(config, figures, rng)
     limit: Any
     if adaptive:
-        limit = trio_resilience.AdaptiveConcurrency(  # type: ignore[attr-defined]
+        limit = _quiet(
+            trio_resilience.AdaptiveConcurrency,  # type: ignore[attr-defined]
             algorithm="gradient2",
             initial_limit=20,
             max_limit=200,
@@ -213,8 +222,11 @@ async def _hedge_run(config: Wave2Config, hedged: bool) -> HedgeFigures:
 
     hedge: Any = None
     if hedged:
-        hedge = trio_resilience.Hedge(  # type: ignore[attr-defined]
-            delay=config.hedge_delay, max_hedges=1, name="demo-tail"
+        hedge = _quiet(
+            trio_resilience.Hedge,  # type: ignore[attr-defined]
+            delay=config.hedge_delay,
+            max_hedges=1,
+            name="demo-tail",
         )
 
     async def one() -> None:
