@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -377,3 +378,87 @@ def test_forked_runs_are_separate_processes_with_their_own_outcome(tmp_path: Pat
     assert [outcomes[b.id].returncode for b in blocks] == [0, 0, 3, 0]
     assert outcomes["x.md:1"].stdout == "one\n"
     assert outcomes["x.md:2"].stdout == ""
+
+
+def test_api_signatures_show_short_linked_type_names(tmp_path: Path) -> None:
+    """The API page renders parsed signatures: ``Backoff``, never ``~trio_resilience.Backoff``."""
+    pytest.importorskip("sphinx")
+    pytest.importorskip("myst_parser")
+    pytest.importorskip("sphinxcontrib_trio")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-b",
+            "text",
+            "-q",
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(ROOT / "docs"),
+            str(tmp_path),
+            str(ROOT / "docs" / "api.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    api = (tmp_path / "api.txt").read_text(encoding="utf-8")
+    assert "~trio_resilience" not in api
+    assert "recovery_timeout: float | Backoff = 30.0" in api
+    assert "backoff: Backoff = ExponentialBackoff(base=0.1, multiplier=2.0" in api
+    assert "= _" not in api  # no private constant as a default
+
+
+def _run_all_module() -> Any:
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_all"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+_FAKE_BENCH = """
+import json
+print(json.dumps({"bench": "%(title)s", "what": "%(what)s", "baseline": "bare", "us": 2.0,
+                  "baseline_us": 1.0, "ratio": %(ratio)s, "target": "<= 3x", "met": %(met)s}))
+print(json.dumps({"bench": "%(title)s", "extra": {"memory growth (bytes)": 128}}))
+"""
+
+
+def test_benchmarks_page_has_a_section_for_every_bench_module(tmp_path: Path) -> None:
+    """run_all finds bench_*.py by pattern; each module gets a section; misses are flagged."""
+    run_all = _run_all_module()
+    (tmp_path / "bench_alpha.py").write_text(
+        _FAKE_BENCH % {"title": "alpha things", "what": "alpha call", "ratio": 2.0, "met": True}
+    )
+    (tmp_path / "bench_beta.py").write_text(
+        _FAKE_BENCH % {"title": "beta things", "what": "beta call", "ratio": 4.0, "met": False}
+    )
+    (tmp_path / "bench_gamma.py").write_text("import no_such_optional_package\n")
+    (tmp_path / "bench_delta.py").write_text("raise RuntimeError('broken benchmark')\n")
+    (tmp_path / "sim_other.py").write_text("raise SystemExit('not a benchmark')\n")
+    scripts = run_all.discover(tmp_path)
+    assert [s.name for s in scripts] == [
+        "bench_alpha.py",
+        "bench_beta.py",
+        "bench_delta.py",
+        "bench_gamma.py",
+    ]
+    assert [s.name for s in run_all.discover(tmp_path, ["beta"])] == ["bench_beta.py"]
+    runs = [run_all.run(s) for s in scripts]
+    assert runs[3].missing == "no_such_optional_package"
+    assert "broken benchmark" in runs[2].error
+    page = run_all.render(runs, when="Run today.")
+    assert "## alpha things" in page
+    assert "## beta things" in page
+    assert "| alpha call | 2.000 | bare | 1.000 | 2.00x | <= 3x | yes |" in page
+    assert "| beta call | 2.000 | bare | 1.000 | 4.00x | <= 3x | **no** |" in page
+    assert "2 targets, missed: beta call." in page
+    assert "| memory growth (bytes) | | | | 128 B | flat | yes |" in page
+    assert "- `benchmarks/bench_gamma.py`: needs `no_such_optional_package`, not installed." in page
+    assert "- `benchmarks/bench_delta.py`: failed." in page
+    assert run_all.missed_targets(runs) == ["beta call"]
