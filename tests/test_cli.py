@@ -63,3 +63,27 @@ def test_demo_subcommand_is_listed_in_help(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "{all,outage,wave2}" in out
     assert ".png, .svg, .pdf" in out
+
+
+class _ClosedPipe:
+    """A stdout whose reader went away (`trio-resilience demo | head -1`)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError
+
+    def flush(self) -> None:
+        raise BrokenPipeError
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_demo_into_a_closed_pipe_ends_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that leaves early ends the demo with status 0, not a traceback."""
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    closed = []
+    monkeypatch.setattr(sys, "stderr", type("E", (), {"close": lambda self: closed.append(1)})())
+    args = ["--healthy=1", "--outage=2", "--recovery=1", "--overload=1", "--calm=1"]
+    assert main(["demo", "--scene=outage", "--clients=2", *args]) == 0
+    assert closed == [1]

@@ -226,7 +226,9 @@ def test_realtime_mode_shows_progress(
     """--realtime runs on a scaled real clock and shows progress on stderr."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     args = ["--healthy=0.5", "--outage=0.5", "--recovery=0.5", "--overload=0.5", "--calm=0.5"]
-    assert main(["demo", "--realtime", "--speed", "5", "--clients=2", "--scene=outage", *args]) == 0
+    assert (
+        main(["demo", "--realtime", "--speed", "50", "--clients=2", "--scene=outage", *args]) == 0
+    )
     err = capsys.readouterr().err
     assert "\r[unguarded] t=" in err
     assert "\r[  guarded] t=" in err
@@ -235,7 +237,9 @@ def test_realtime_mode_shows_progress(
 def test_realtime_progress_never_goes_into_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
     """Off a terminal --realtime writes no progress (no carriage returns) at all."""
     args = ["--healthy=0.5", "--outage=0.5", "--recovery=0.5", "--overload=0.5", "--calm=0.5"]
-    assert main(["demo", "--realtime", "--speed", "5", "--clients=2", "--scene=outage", *args]) == 0
+    assert (
+        main(["demo", "--realtime", "--speed", "50", "--clients=2", "--scene=outage", *args]) == 0
+    )
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "\r" not in captured.out

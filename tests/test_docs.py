@@ -7,6 +7,10 @@ free. A block is skipped when it is fenced as anything but ``python`` (```text,
 ``<!-- no-run -->``. A block that imports an optional extra which is not installed is
 skipped with the reason. Blocks run in parallel (one process each); each is its own test,
 named ``file:line``.
+
+Blocks written ahead of the code they need carry ``<!-- wave2: enable after merge -->``
+on the line before ``<!-- no-run -->``; ``DOCS_RUN_WAVE2=1`` runs them too, so that a
+merger can check them before deleting both lines.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ import pytest
 ROOT = Path(__file__).parent.parent
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 NO_RUN = "<!-- no-run -->"
+WAVE2 = "<!-- wave2: enable after merge -->"
+# DOCS_RUN_WAVE2=1 also runs the no-run blocks marked for enabling after the wave-2
+# merge, so a merger can check them before deleting the two marker lines.
+RUN_WAVE2 = os.environ.get("DOCS_RUN_WAVE2") == "1"
 RUNNABLE = frozenset({"python", "python3", "py"})
 # Top-level modules of the optional extras (and of their test servers): a block that
 # imports one that is missing is skipped, not failed.
@@ -120,6 +128,7 @@ class Block:
     info: str  # the fence's language
     source: str
     no_run: bool
+    wave2: bool = False  # marked to be enabled once wave 2 is merged
 
     @property
     def id(self) -> str:
@@ -127,19 +136,19 @@ class Block:
 
     @property
     def runnable(self) -> bool:
-        return self.info in RUNNABLE and not self.no_run
+        return self.info in RUNNABLE and (not self.no_run or (self.wave2 and RUN_WAVE2))
 
 
 def extract(text: str, page: str = "<text>") -> Iterator[Block]:
     """Every fenced block of a Markdown text, with its language and no-run mark."""
     lines = text.splitlines()
-    previous = ""  # the last non-blank line outside a block
+    previous = before = ""  # the last two non-blank lines outside a block
     i = 0
     while i < len(lines):
         match = _FENCE.match(lines[i])
         if match is None:
             if lines[i].strip():
-                previous = lines[i].strip()
+                previous, before = lines[i].strip(), previous
             i += 1
             continue
         fence, start = match["fence"], i
@@ -157,8 +166,9 @@ def extract(text: str, page: str = "<text>") -> Iterator[Block]:
             info=match["info"].lower(),
             source=textwrap.dedent("\n".join(body)) + "\n",
             no_run=previous == NO_RUN,
+            wave2=previous == NO_RUN and before == WAVE2,
         )
-        previous = ""
+        previous = before = ""
         i += 1
 
 
@@ -325,15 +335,16 @@ def test_extract_skips_other_languages_and_no_run_blocks() -> None:
         """
     )
     blocks = list(extract(page))
-    assert [(b.line, b.info, b.no_run) for b in blocks] == [
-        (3, "python", False),
-        (7, "text", False),
-        (11, "pycon", False),
-        (17, "python", True),
-        (21, "markdown", False),
-        (29, "python", True),
+    assert [(b.line, b.info, b.no_run, b.wave2) for b in blocks] == [
+        (3, "python", False, False),
+        (7, "text", False, False),
+        (11, "pycon", False, False),
+        (17, "python", True, False),
+        (21, "markdown", False, False),
+        (29, "python", True, True),
     ]
-    assert [b.source for b in blocks if b.runnable] == ['print("runs")\n']
+    wave2 = ["later()\n"] if RUN_WAVE2 else []
+    assert [b.source for b in blocks if b.runnable] == ['print("runs")\n', *wave2]
 
 
 def test_a_failing_block_fails_and_trio_run_uses_an_autojump_clock(tmp_path: Path) -> None:
