@@ -33,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser(
         "demo",
-        help="an outage and an overload, unguarded and guarded, in virtual time",
+        help="an outage, an overload and a long tail, unguarded and guarded, in virtual time",
         description=(
             "One client fleet meets an upstream outage and an overload burst twice: "
-            "unguarded, then guarded by retry, breaker, timeout, shedding and loop budgets."
+            "unguarded, then guarded by retry, breaker, timeout, shedding and loop budgets. "
+            "The wave-2 scenes follow: an overload met by a fixed limit and by adaptive "
+            "concurrency, and a long tail met by hedging."
         ),
     )
     demo.add_argument("--seed", type=int, default=defaults.seed, help="seed of every draw")
