@@ -1,48 +1,164 @@
 """Run every benchmarks/bench_*.py and write docs/benchmarks.md (``make bench``).
 
-Each benchmark prints JSON lines (BENCH_JSON=1): rows of ratios to a baseline measured in
-the same process, each the median of several rounds, plus extra figures.
+Every ``bench_*.py`` module in this folder is a benchmark, found by that pattern: a new
+module needs no registration. Its entry point is the script itself
+(``if __name__ == "__main__": trio.run(main)`` or ``main()``); run with ``BENCH_JSON=1``
+it prints JSON lines through ``_common.report``:
+
+- a row: ``{"bench": title, "what", "baseline", "us", "baseline_us", "ratio", "target", "met"}``
+  (a ratio to a baseline measured in the same process, each the median of several rounds);
+- extra figures: ``{"bench": title, "extra": {name: value}}`` (``memory growth`` names
+  are checked flat, under 64 KiB);
+- the probe storm: ``{"bench": title, "storm": {breaker: calls}}``;
+- any other table: ``{"bench": title, "table": {"title", "columns", "rows", "note"}}``.
+
+Each module gets its own section, in file-name order. A module that needs an optional
+package that is missing is listed as not run; one that fails is listed as failed, and the
+page is still written from the others (the exit status says so).
+
+    python benchmarks/run_all.py                 # every module, writes docs/benchmarks.md
+    python benchmarks/run_all.py -k breaker -k retry --output /tmp/b.md
+    python benchmarks/run_all.py --list
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
+PATTERN = "bench_*.py"
+FLAT_BYTES = 64 * 1024
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
 
 
-def run(script: Path) -> list[dict[str, Any]]:
+@dataclass
+class ModuleRun:
+    """What one benchmark module produced."""
+
+    script: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    missing: str | None = None  # an optional package it needs and that is absent
+    error: str | None = None  # the end of its stderr when it failed
+
+    @property
+    def title(self) -> str:
+        titles = [r["bench"] for r in self.records if "bench" in r]
+        return titles[0] if titles else self.script.stem.removeprefix("bench_")
+
+
+def discover(folder: Path = HERE, only: Sequence[str] = ()) -> list[Path]:
+    """The benchmark modules of ``folder``, sorted; ``only`` keeps names containing one."""
+    scripts = sorted(folder.glob(PATTERN))
+    if only:
+        scripts = [s for s in scripts if any(word in s.stem for word in only)]
+    return scripts
+
+
+def run(script: Path) -> ModuleRun:
+    """Run one module as a script with BENCH_JSON=1 and collect its JSON lines."""
     env = {**os.environ, "BENCH_JSON": "1"}
     done = subprocess.run(
         [sys.executable, str(script)],
-        cwd=HERE,
+        cwd=script.parent,
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
+    result = ModuleRun(script)
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                result.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     if done.returncode:
-        print(done.stderr, file=sys.stderr)
-        raise SystemExit(f"{script.name} failed")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        missing = _MISSING.search(done.stderr)
+        if missing:
+            result.missing = missing[1].split(".")[0]
+        else:
+            result.error = done.stderr.strip()[-2000:] or f"exit status {done.returncode}"
+    return result
 
 
-def main() -> int:
-    records: list[dict[str, Any]] = []
-    for script in sorted(HERE.glob("bench_*.py")):
-        print(f"running {script.name} ...", flush=True)
-        records.extend(run(script))
-    rows = [r for r in records if "what" in r]
-    extras = [r for r in records if "extra" in r]
-    storms = [r["storm"] for r in records if "storm" in r]
+def _row(r: dict[str, Any]) -> str:
+    met = "" if r["target"] == "-" else ("yes" if r["met"] else "**no**")
+    return (
+        f"| {r['what']} | {r['us']:.3f} | {r['baseline']} | {r['baseline_us']:.3f} | "
+        f"{r['ratio']:.2f}x | {r['target']} | {met} |"
+    )
+
+
+def _extra_row(key: str, value: Any) -> str | None:
+    if "memory growth" in key:
+        flat = isinstance(value, int) and value < FLAT_BYTES
+        shown = f"{value:,} B" if isinstance(value, int) else str(value)
+        return f"| {key} | | | | {shown} | flat | {'yes' if flat else '**no**'} |"
+    return None
+
+
+def _storm(storm: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "### Half-open probe storm",
+        "",
+        "1,000 callers arrive together just after the recovery timeout; how many reach",
+        "the recovering upstream? (The peers time their reset on the wall clock, so this",
+        "runs in real time with a 50 ms reset.)",
+        "",
+        "| breaker | calls that reached the upstream |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {name} | {value} |" for name, value in storm.items()]
+    return lines
+
+
+def _table(table: dict[str, Any]) -> list[str]:
+    columns = [str(c) for c in table.get("columns", [])]
+    if not columns:
+        return []
+    lines = ["", f"### {table.get('title', 'figures')}", ""]
+    if table.get("note"):
+        lines += [str(table["note"]), ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("| " + " | ".join("---" for _ in columns) + " |")
+    for row in table.get("rows", []):
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return lines
+
+
+def missed_targets(runs: Sequence[ModuleRun]) -> list[str]:
+    """The rows whose target was not met, and memory figures that were not flat."""
+    missed = [r["what"] for run in runs for r in run.records if "what" in r and not r["met"]]
+    for run in runs:
+        for record in run.records:
+            for key, value in record.get("extra", {}).items():
+                if "memory growth" in key and not (isinstance(value, int) and value < FLAT_BYTES):
+                    missed.append(key)
+    return missed
+
+
+def render(runs: Sequence[ModuleRun], *, when: str | None = None) -> str:
+    """The whole of docs/benchmarks.md, one section per module."""
+    rounds = os.environ.get("BENCH_ROUNDS", "7")
+    when = when or (
+        f"Run on {datetime.date.today().isoformat()}, Python {platform.python_version()}, "
+        f"{platform.machine()}."
+    )
+    missed = missed_targets(runs)
+    targets = sum(1 for run in runs for r in run.records if "what" in r and r["target"] != "-")
     lines = [
         "# Benchmarks",
         "",
@@ -50,44 +166,50 @@ def main() -> int:
         "",
         "These machines are shared and noisy, so every figure is a **ratio** to a baseline",
         "measured in the same process, rounds interleaved, each timing the median of",
-        f"{os.environ.get('BENCH_ROUNDS', '7')} rounds. Absolute microseconds are shown for",
-        "orientation only.",
+        f"{rounds} rounds. Absolute microseconds are shown for orientation only.",
         "",
-        f"Run on {datetime.date.today().isoformat()}, Python {platform.python_version()}, "
-        f"{platform.machine()}.",
+        when,
         "",
-        "| what | us | baseline | baseline us | ratio | target | met? |",
-        "| --- | ---: | --- | ---: | ---: | --- | --- |",
+        f"{targets} target{'' if targets == 1 else 's'}, "
+        + ("every one met." if not missed else f"missed: {', '.join(missed)}."),
     ]
-    for r in rows:
-        met = "yes" if r["met"] else "**no**"
-        if r["target"] == "-":
-            met = ""
-        lines.append(
-            f"| {r['what']} | {r['us']:.3f} | {r['baseline']} | {r['baseline_us']:.3f} | "
-            f"{r['ratio']:.2f}x | {r['target']} | {met} |"
-        )
-    for extra in extras:
-        for key, value in extra["extra"].items():
-            if "memory growth" in key:
-                flat = isinstance(value, int) and value < 64 * 1024
-                lines.append(
-                    f"| {key} | | | | {value:,} B | flat | {'yes' if flat else '**no**'} |"
-                )
-    if storms:
-        lines += [
-            "",
-            "## Half-open probe storm",
-            "",
-            "1,000 callers arrive together just after the recovery timeout; how many reach",
-            "the recovering upstream? (The peers time their reset on the wall clock, so this",
-            "runs in real time with a 50 ms reset.)",
-            "",
-            "| breaker | calls that reached the upstream |",
-            "| --- | ---: |",
+    for run in runs:
+        if run.missing or run.error:
+            continue
+        rows = [r for r in run.records if "what" in r]
+        extras = [
+            line
+            for r in run.records
+            for key, value in r.get("extra", {}).items()
+            if (line := _extra_row(key, value)) is not None
         ]
-        for name, value in storms[0].items():
-            lines.append(f"| {name} | {value} |")
+        lines += ["", f"## {run.title}", "", f"From `benchmarks/{run.script.name}`."]
+        if rows or extras:
+            lines += [
+                "",
+                "| what | us | baseline | baseline us | ratio | target | met? |",
+                "| --- | ---: | --- | ---: | ---: | --- | --- |",
+            ]
+            lines += [_row(r) for r in rows] + extras
+        for record in run.records:
+            if "storm" in record:
+                lines += _storm(record["storm"])
+            if "table" in record:
+                lines += _table(record["table"])
+        notes = [
+            f"{key}: {value}"
+            for r in run.records
+            for key, value in r.get("extra", {}).items()
+            if _extra_row(key, value) is None
+        ]
+        if notes:
+            lines += [""] + [f"- {note}" for note in notes]
+    not_run = [r for r in runs if r.missing or r.error]
+    if not_run:
+        lines += ["", "## Not run", ""]
+        for r in not_run:
+            why = f"needs `{r.missing}`, not installed" if r.missing else "failed"
+            lines.append(f"- `benchmarks/{r.script.name}`: {why}.")
     lines += [
         "",
         "## Reading the peers' rows",
@@ -98,10 +220,39 @@ def main() -> int:
         "await. Missing peers (not installed) are listed by the script and left out.",
         "",
     ]
-    DOC.write_text("\n".join(lines))
-    missed = [r["what"] for r in rows if not r["met"]]
-    print(f"wrote {DOC.relative_to(HERE.parent)}; targets missed: {missed or 'none'}")
-    return 1 if missed else 0
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-k", dest="only", action="append", default=[], help="run modules whose name has this"
+    )
+    parser.add_argument("--output", type=Path, default=DOC, help="where to write the page")
+    parser.add_argument("--list", action="store_true", help="list the modules and exit")
+    args = parser.parse_args(argv)
+    scripts = discover(HERE, args.only)
+    if args.list:
+        for script in scripts:
+            print(script.name)
+        return 0
+    if not scripts:
+        print(f"no {PATTERN} matches {args.only}", file=sys.stderr)
+        return 2
+    runs = []
+    for script in scripts:
+        print(f"running {script.name} ...", flush=True)
+        result = run(script)
+        if result.missing:
+            print(f"  not run: needs {result.missing}", flush=True)
+        elif result.error:
+            print(f"  FAILED:\n{result.error}", file=sys.stderr, flush=True)
+        runs.append(result)
+    args.output.write_text(render(runs))
+    missed = missed_targets(runs)
+    failed = [r.script.name for r in runs if r.error]
+    print(f"wrote {args.output}; targets missed: {missed or 'none'}; failed: {failed or 'none'}")
+    return 1 if missed or failed else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The ``trio-resilience`` command: ``trio-resilience demo`` tells an outage and overload story."""
+"""The ``trio-resilience`` command: ``trio-resilience demo`` tells an outage and overload story.
+
+The demo lives in its own sub-package, ``trio_resilience.demo``, imported only from here.
+"""
 
 from __future__ import annotations
 
@@ -15,27 +18,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"trio-resilience: error: {message}\n")
 
 
+SCENES = ("all", "outage", "wave2")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ._demo import DemoConfig
+    from . import __version__
+    from .demo import PLOT_SUFFIXES, DemoConfig
 
     defaults = DemoConfig()
     parser = _Parser(
         prog="trio-resilience", description="Resilience policies for Trio, demonstrated."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser(
         "demo",
-        help="an outage and an overload, unguarded and guarded, in virtual time",
+        help="an outage, an overload and a long tail, unguarded and guarded, in virtual time",
         description=(
             "One client fleet meets an upstream outage and an overload burst twice: "
-            "unguarded, then guarded by retry, breaker, timeout, shedding and loop budgets."
+            "unguarded, then guarded by retry, breaker, timeout, shedding and loop budgets. "
+            "The wave-2 scenes follow: an overload met by a fixed limit and by adaptive "
+            "concurrency, and a long tail met by hedging."
         ),
     )
     demo.add_argument("--seed", type=int, default=defaults.seed, help="seed of every draw")
     demo.add_argument("--json", action="store_true", help="print the figures as JSON")
-    demo.add_argument("--plot", metavar="FILE.png", help="draw the timeline of both runs")
     demo.add_argument(
-        "--realtime", action="store_true", help="run on the real clock (scaled by --speed)"
+        "--plot",
+        metavar="FILE.png",
+        help=f"draw the timeline of both runs ({', '.join(PLOT_SUFFIXES)}; needs matplotlib)",
+    )
+    demo.add_argument(
+        "--scene",
+        choices=SCENES,
+        default="all",
+        help="the outage story, the wave-2 scenes (adaptive concurrency, hedging), or all",
+    )
+    demo.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run on the real clock (scaled by --speed); progress shows on a terminal",
     )
     demo.add_argument("--speed", type=float, default=10.0, help="virtual seconds per second")
     sizes = demo.add_argument_group("sizes")
@@ -100,8 +122,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "watch":
         return _run_watch(parser, args)
-    from ._demo import DemoConfig, run_scenario, validate
-    from ._demo_report import PlotUnavailable, plot, render_json, render_text
+    if args.command == "demo":
+        try:
+            return _demo(parser, args)
+        except BrokenPipeError:  # `trio-resilience demo | head`: the reader left
+            sys.stderr.close()
+            return 0
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .demo import (
+        DemoConfig,
+        PlotUnavailable,
+        Wave2Config,
+        check_matplotlib,
+        check_plot_path,
+        plot,
+        render_json,
+        render_text,
+        run_scenario,
+        run_wave2,
+        validate,
+    )
 
     config = DemoConfig(
         seed=args.seed,
@@ -117,35 +160,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         overload=args.overload,
         calm=args.calm,
     )
+    # Every option is checked before anything runs: a mistake costs no waiting.
     try:
         validate(config)
         if not args.speed > 0:
             raise ValueError(f"--speed must be a number > 0, got {args.speed!r}")
-    except ValueError as exc:
+        if args.plot:
+            if args.scene == "wave2":
+                raise ValueError("--plot draws the outage story: use it with --scene all or outage")
+            check_plot_path(args.plot)
+            check_matplotlib()
+    except (ValueError, PlotUnavailable) as exc:
         parser.exit(2, f"trio-resilience: error: {exc}\n")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.exit(
-                2,
-                "trio-resilience: error: --plot needs matplotlib: "
-                "pip install 'trio-resilience[plot]'\n",
-            )
-    on_tick = _progress(sys.stderr) if args.realtime else None
-    result = run_scenario(config, realtime=args.realtime, speed=args.speed, on_tick=on_tick)
-    if args.realtime:
-        sys.stderr.write("\n")
+    result = wave2 = None
+    if args.scene in ("all", "outage"):
+        # Progress lines rewrite themselves with \r: only on a terminal, never into a pipe.
+        show = args.realtime and sys.stderr.isatty()
+        on_tick = _progress(sys.stderr) if show else None
+        result = run_scenario(config, realtime=args.realtime, speed=args.speed, on_tick=on_tick)
+        if show:
+            sys.stderr.write("\n")
+    if args.scene in ("all", "wave2"):
+        wave2 = run_wave2(Wave2Config(seed=args.seed))
     if args.json:
-        render_json(result, sys.stdout)
+        render_json(result, sys.stdout, wave2)
     else:
-        render_text(result, sys.stdout)
+        render_text(result, sys.stdout, wave2)
     sys.stdout.flush()
-    if args.plot:
+    if args.plot and result is not None:
         try:
             plot(result, args.plot)
-        except PlotUnavailable as exc:  # pragma: no cover - checked above
-            parser.exit(2, f"trio-resilience: error: {exc}\n")
         except OSError as exc:
             parser.exit(1, f"trio-resilience: error: cannot write {args.plot}: {exc.strerror}\n")
         print(f"timeline written to {args.plot}", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""The demo scenario: one client fleet meets an outage and an overload, unguarded and guarded.
+"""The demo's main scene: one client fleet meets an outage and an overload, unguarded and guarded.
 
-Everything here uses the public API only, as a user would.
+Everything here uses the public API only, as a user would. The core package never
+imports this sub-package; only the command line does.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class RunResult:
     name: str
     phases: dict[str, PhaseFigures]
     transitions: list[StateChange]
-    timeline: dict[str, list[float]]
+    events: dict[str, list[float]]
+    latency_points: list[tuple[float, float]]
     extra: dict[str, Any]
 
     def totals(self) -> dict[str, Any]:
@@ -176,22 +178,19 @@ QUIET = structlog.ReturnLogger()
 
 
 class _Recorder:
+    """Figures per phase, and the exact time of every event for the timeline."""
+
     def __init__(self, config: DemoConfig) -> None:
         self.config = config
         self.phases = {name: PhaseFigures() for name in PHASES}
-        seconds = math.ceil(config.duration)
-        self.per_second: dict[str, list[float]] = {
-            key: [0.0] * seconds for key in ("served", "shed", "requests", "dead_calls")
-        }
-        self.latency_by_second: list[list[float]] = [[] for _ in range(seconds)]
-        self.breaker_state: list[float] = [0.0] * seconds
+        self.events: dict[str, list[float]] = {"served": [], "shed": [], "dead_calls": []}
+        self.latency_points: list[tuple[float, float]] = []
 
     def at(self, when: float) -> PhaseFigures:
         return self.phases[self.config.phase_at(when)]
 
-    def bump(self, key: str, when: float, amount: float = 1.0) -> None:
-        second = min(int(when), len(self.per_second[key]) - 1)
-        self.per_second[key][second] += amount
+    def event(self, key: str, when: float) -> None:
+        self.events[key].append(when)
 
     def served(self, created: float, now: float) -> None:
         figures = self.at(created)
@@ -201,21 +200,8 @@ class _Recorder:
         # Latency belongs to the phase in which the request was served: what users of
         # the service saw during that phase.
         self.at(now).latencies.append(now - created)
-        self.bump("served", now)
-        second = min(int(now), len(self.latency_by_second) - 1)
-        self.latency_by_second[second].append(now - created)
-
-    def timeline(self, config: DemoConfig) -> dict[str, list[float]]:
-        seconds = len(self.breaker_state)
-        health = [0.0 if config.phase_at(s + 0.5) == "outage" else 1.0 for s in range(seconds)]
-        p99 = [(_quantile(sorted(v), 0.99) or 0.0) for v in self.latency_by_second]
-        return {
-            "upstream_up": health,
-            "goodput": self.per_second["served"],
-            "shed": self.per_second["shed"],
-            "p99_latency": p99,
-            "breaker_state": self.breaker_state,
-        }
+        self.event("served", now)
+        self.latency_points.append((now, now - created))
 
 
 class _Upstream:
@@ -233,17 +219,12 @@ class _Upstream:
         figures.upstream_calls += 1
         if self.config.phase_at(now) == "outage":
             figures.dead_upstream_calls += 1
-            self.recorder.bump("dead_calls", now)
+            self.recorder.event("dead_calls", now)
             await trio.sleep(self.config.service_time * 2.5)  # fails after some latency
             raise UpstreamDown
         async with self.limiter:
             await trio.sleep(self.config.service_time * self.rng.uniform(0.8, 1.2))
         return "ok"
-
-
-_BREAKER_LEVEL = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
-
-Scenario = Callable[..., Any]
 
 
 async def _run(config: DemoConfig, guarded: bool, on_tick: Callable[..., None] | None) -> RunResult:
@@ -328,7 +309,7 @@ async def _run(config: DemoConfig, guarded: bool, on_tick: Callable[..., None] |
             await send.send(created)
         except LoadShedError:
             recorder.at(created).shed += 1
-            recorder.bump("shed", created)
+            recorder.event("shed", created)
 
     end = config.duration
     loop_stats: list[Any] = []
@@ -350,7 +331,6 @@ async def _run(config: DemoConfig, guarded: bool, on_tick: Callable[..., None] |
                 async for _ in budget:
                     now = trio.current_time()
                     recorder.at(now).requests += 1
-                    recorder.bump("requests", now)
                     nursery.start_soon(submit, now)
                     await trio.sleep(client_rng.expovariate(config.client_rate(now)))
             loop_stats.append(budget.statistics())
@@ -358,22 +338,26 @@ async def _run(config: DemoConfig, guarded: bool, on_tick: Callable[..., None] |
         while trio.current_time() < end:
             now = trio.current_time()
             recorder.at(now).requests += 1
-            recorder.bump("requests", now)
             nursery.start_soon(submit, now)
             await trio.sleep(client_rng.expovariate(config.client_rate(now)))
 
-    async def sample_breaker() -> None:
-        for second in range(len(recorder.breaker_state)):
+    async def progress() -> None:
+        # Live progress for --realtime only: the figures never depend on sampling.
+        assert on_tick is not None
+        for second in range(math.ceil(end)):
             await trio.sleep_until(second + 0.5)
-            if guarded:
-                recorder.breaker_state[second] = _BREAKER_LEVEL.get(str(breaker.state), 1.0)
-            if on_tick is not None:
-                on_tick(guarded, trio.current_time(), recorder, breaker)
+            on_tick(guarded, trio.current_time(), recorder, breaker)
 
     async with trio.open_nursery() as outer:
         for _ in range(config.workers):
             outer.start_soon(worker)
-        outer.start_soon(sample_breaker)
+        if on_tick is not None:
+            outer.start_soon(progress)
+        serve = getattr(breaker, "serve", None)
+        if guarded and serve is not None:
+            # Wave 2: the breaker's duty applies open -> half-open on time, so every
+            # transition is stamped when it happens, not when the next call arrives.
+            outer.start_soon(serve)
         async with trio.open_nursery() as senders:
             async with trio.open_nursery() as clients:
                 for index in range(config.clients):
@@ -413,8 +397,9 @@ async def _run(config: DemoConfig, guarded: bool, on_tick: Callable[..., None] |
     return RunResult(
         name="guarded" if guarded else "unguarded",
         phases=recorder.phases,
-        transitions=transitions,
-        timeline=recorder.timeline(config),
+        transitions=transitions if guarded else [],
+        events=recorder.events,
+        latency_points=recorder.latency_points,
         extra=extra,
     )
 
