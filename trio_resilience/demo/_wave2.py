@@ -164,7 +164,7 @@ async def _admission_run(config: Wave2Config, adaptive: bool) -> AdmissionFigure
     limit: Any
     if adaptive:
         limit = _quiet(
-            trio_resilience.AdaptiveConcurrency,  # type: ignore[attr-defined]
+            trio_resilience.AdaptiveConcurrency,
             algorithm="gradient2",
             initial_limit=20,
             max_limit=200,
@@ -223,7 +223,7 @@ async def _hedge_run(config: Wave2Config, hedged: bool) -> HedgeFigures:
     hedge: Any = None
     if hedged:
         hedge = _quiet(
-            trio_resilience.Hedge,  # type: ignore[attr-defined]
+            trio_resilience.Hedge,
             delay=config.hedge_delay,
             max_hedges=1,
             name="demo-tail",
