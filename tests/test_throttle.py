@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import random
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,17 +20,7 @@ from trio_resilience import (
     open_guarded_nursery,
 )
 
-from .conftest import Boom
-
-
-def load_sim(name: str) -> ModuleType:
-    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from .conftest import Boom, load_sim
 
 
 async def ok() -> str:

@@ -98,6 +98,10 @@ class Matcher:
         return f"Matcher({self.spec!r})"
 
 
+NOTHING = Matcher("ignore_on", ())
+"""A matcher that matches no exception (for policies without an ``ignore_on``)."""
+
+
 def leaves(exc: BaseException) -> Iterator[BaseException]:
     """Yield the non-group exceptions inside ``exc`` (``exc`` itself if not a group)."""
     if isinstance(exc, BaseExceptionGroup):

@@ -25,11 +25,11 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
-from ._classify import CANCELLED, FAILURE, Matcher, classify
+from ._classify import CANCELLED, FAILURE, NOTHING, Matcher, classify
 from ._concurrency_algorithms import ALGORITHMS
 from ._decorate import decorate
 from ._exceptions import BulkheadFullError
-from ._log import get_logger
+from ._log import CLASSIFY_FAILED, get_logger
 from ._ratelimit_parts import short_repr
 from ._runs import run_token
 from ._validate import check_int, check_logger, check_optional_number, check_str
@@ -44,8 +44,6 @@ _MIN_WINDOW = 0.05
 _MAX_WINDOW = 1.0
 _PROBE_INTERVAL = 15.0
 _LOG_INTERVAL = 1.0
-_NOTHING = Matcher("ignore_on", ())
-CLASSIFY_FAILED = "trio_resilience.classify_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +220,7 @@ class AdaptiveConcurrency:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 try:
-                    verdict = classify(exc, self._matcher, _NOTHING)
+                    verdict = classify(exc, self._matcher, NOTHING)
                 except Exception as broken:  # a failure_on predicate raised
                     verdict = FAILURE
                     self._logger.error(

@@ -26,10 +26,10 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
-from ._classify import CANCELLED, FAILURE, Matcher, classify
+from ._classify import CANCELLED, FAILURE, NOTHING, Matcher, classify
 from ._decorate import decorate
 from ._exceptions import ThrottledError
-from ._log import get_logger
+from ._log import CLASSIFY_FAILED, get_logger
 from ._ratelimit_parts import short_repr
 from ._ring import TimeRing
 from ._runs import run_token
@@ -44,8 +44,6 @@ THROTTLE_STOPPED = "trio_resilience.throttle.stopped"
 _BUCKETS = 10
 _REQUESTS = 0
 _ACCEPTS = 1
-_NOTHING = Matcher("ignore_on", ())
-CLASSIFY_FAILED = "trio_resilience.classify_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +188,7 @@ class AdaptiveThrottle:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             try:
-                verdict = classify(exc, self._matcher, _NOTHING)
+                verdict = classify(exc, self._matcher, NOTHING)
             except Exception as broken:  # a failure_on predicate raised
                 verdict = FAILURE
                 self._logger.error(
