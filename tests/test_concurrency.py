@@ -340,3 +340,32 @@ async def test_limit_stays_within_min_and_max(autojump_clock: Any) -> None:
             nursery.start_soon(loop, 0.5)  # latency far past the band: back off
     assert policy.limit == 4
     assert 4 <= policy.statistics().estimated_limit <= 6
+
+
+@pytest.mark.parametrize("algorithm", ["gradient2", "vegas"])
+def test_instant_windows_never_divide_by_zero(algorithm: str) -> None:
+    """A window whose calls all took no time (mean latency 0) means no queue, no crash."""
+    step = {"gradient2": gradient2, "vegas": vegas}[algorithm]
+    assert step(20.0, 0.0, 0.0, 20, False) > 20.0
+    assert step(20.0, 0.0, 0.0, 2, False) == 20.0  # unused limit: no growth
+
+
+@pytest.mark.parametrize("algorithm", ["gradient2", "vegas"])
+def test_latency_shrinks_an_unused_limit(algorithm: str) -> None:
+    """Latency far over the baseline lowers the limit even when under half is in flight."""
+    step = {"gradient2": gradient2, "vegas": vegas}[algorithm]
+    assert step(128.0, 0.05, 0.01, 60, False) < 128.0
+    assert step(128.0, 0.01, 0.01, 60, False) == 128.0  # no queue, unused: unchanged
+
+
+async def test_instant_calls_through_the_policy_return_their_results(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calls that take no virtual time never make the gradient algorithms crash."""
+    for algorithm in ("gradient2", "vegas"):
+        limit = AdaptiveConcurrency(algorithm=algorithm, initial_limit=1)
+        for i in range(300):
+            assert await limit.call(trio.sleep, 0) is None
+            if i % 10 == 0:
+                await trio.sleep(0.1)
+        assert limit.statistics().updates > 0

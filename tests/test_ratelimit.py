@@ -44,7 +44,7 @@ def assert_bound(times: list[float], costs: list[float], limiter: RateLimiter) -
         ({"rate": math.nan}, ValueError, r"^rate must not be NaN, got nan$"),
         ({"rate": True}, TypeError, r"^rate must be a number, got True$"),
         ({"rate": 1, "period": -1}, ValueError, r"^period must be > 0, got -1$"),
-        ({"rate": 1, "burst": 0}, ValueError, r"^burst must be > 0, got 0$"),
+        ({"rate": 1, "burst": 0}, ValueError, r"^burst must be >= 1, got 0$"),
         ({"rate": 1, "max_wait": -1}, ValueError, r"^max_wait must be >= 0, got -1$"),
         ({"rate": 1, "name": ""}, ValueError, r"^name must not be empty, got ''$"),
         ({"rate": 1, "logger": object()}, TypeError, r"^logger must have"),
@@ -527,3 +527,9 @@ async def test_remote_error_with_a_broken_repr_is_survived(
     await limiter.acquire()
     assert limiter.statistics().remote_fallbacks == 1
     assert [e["error"] for e in logs if "remote_failed" in e["event"]] == ["<Nasty>"]
+
+
+def test_a_burst_below_one_unit_is_refused() -> None:
+    """A burst under the default cost of 1 would refuse every call(): refused at once."""
+    with pytest.raises(ValueError, match=r"^burst must be >= 1, got 0.5$"):
+        RateLimiter(1, burst=0.5)

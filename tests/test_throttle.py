@@ -280,3 +280,20 @@ async def test_a_raising_predicate_counts_a_failure(
     assert (stats.requests, stats.accepts, stats.total_failures) == (1, 0, 1)
     (event,) = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
     assert (event["throttle"], event["error"]) == ("p", "ValueError('bad predicate')")
+
+
+class Halt(BaseException):
+    """A BaseException that is not an Exception."""
+
+
+async def test_a_base_exception_counts_as_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    """A BaseException that is not an Exception is neither a request nor an accept."""
+    throttle = AdaptiveThrottle()
+
+    async def halts() -> None:
+        raise Halt
+
+    with pytest.raises(Halt):
+        await throttle.call(halts)
+    stats = throttle.statistics()
+    assert (stats.requests, stats.accepts) == (0, 0)

@@ -961,8 +961,6 @@ class CircuitBreaker:
                 exc_info=error,
             )
             return FAILURE
-        if verdict == SUCCESS and not isinstance(exc, Exception):
-            return IGNORED  # a BaseException nobody named is no evidence of health
         return verdict
 
     def _settle_error(self, ticket: int | _Ticket, exc: BaseException) -> None:

@@ -116,7 +116,8 @@ def classify(exc: BaseException, failure_on: Matcher, ignore_on: Matcher) -> int
 
     Cancellation and the other never-counted exceptions give CANCELLED. Ignore wins
     over failure: a group is IGNORED only when every counted leaf is ignored, and a
-    FAILURE when any counted leaf is a failure; anything else is a SUCCESS.
+    FAILURE when any counted leaf is a failure; anything else is a SUCCESS, except a
+    BaseException that is not an Exception (IGNORED: it says nothing of health).
     """
     if not isinstance(exc, BaseExceptionGroup):
         if isinstance(exc, NEVER_COUNTED):
@@ -125,7 +126,8 @@ def classify(exc: BaseException, failure_on: Matcher, ignore_on: Matcher) -> int
             return IGNORED
         if failure_on.leaf(exc):
             return FAILURE
-        return SUCCESS
+        # A BaseException nobody named (not an Exception) is no evidence of health.
+        return SUCCESS if isinstance(exc, Exception) else IGNORED
     counted = [leaf for leaf in leaves(exc) if not isinstance(leaf, NEVER_COUNTED)]
     if not counted:
         return CANCELLED
@@ -133,7 +135,7 @@ def classify(exc: BaseException, failure_on: Matcher, ignore_on: Matcher) -> int
         return IGNORED
     if any(failure_on.leaf(leaf) for leaf in counted):
         return FAILURE
-    return SUCCESS
+    return SUCCESS if isinstance(exc, Exception) else IGNORED
 
 
 def is_retryable(exc: BaseException, retry_on: Matcher) -> bool:

@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
-from ._classify import CANCELLED, FAILURE, NOTHING, Matcher, classify
+from ._classify import FAILURE, NOTHING, SUCCESS, Matcher, classify
 from ._concurrency_algorithms import ALGORITHMS
 from ._decorate import decorate
 from ._exceptions import BulkheadFullError
@@ -229,7 +229,7 @@ class AdaptiveConcurrency:
                         error=short_repr(broken),
                         exc_info=broken,
                     )
-                if verdict != CANCELLED:
+                if verdict in (FAILURE, SUCCESS):  # not cancelled or ignored
                     self._sample(start, verdict == FAILURE)
                 raise
             # The success path of _sample, inlined: this is the hot path.

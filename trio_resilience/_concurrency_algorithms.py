@@ -51,10 +51,12 @@ def gradient2(limit: float, short: float, baseline: float, inflight: int, droppe
     ``AdaptiveConcurrency``), not an average that drifts up with the queue it should
     detect, and the tolerance is 1.1.
     """
-    if inflight * 2 < limit:
-        return limit
-    gradient = GRADIENT_TOLERANCE * baseline / short
+    # An instant window (short == 0) has no queue. While the limit is unused (fewer
+    # than half of it in flight) it never grows, but latency still shrinks it.
+    gradient = GRADIENT_TOLERANCE * baseline / short if short > 0 else 1.0
     if gradient >= 1.0:
+        if inflight * 2 < limit:
+            return limit
         return limit + max(1.0, math.sqrt(limit))
     gradient = max(0.5, gradient)
     target = limit * gradient + max(1.0, limit * GRADIENT_QUEUE_SHARE)
@@ -71,17 +73,17 @@ def vegas(limit: float, short: float, baseline: float, inflight: int, dropped: b
     step = math.log10(max(limit, 10.0))
     if dropped:
         return limit - step
-    if inflight * 2 < limit:
-        return limit
-    queue = limit * (1 - baseline / short)
+    queue = limit * (1 - baseline / short) if short > 0 else 0.0
     alpha = 3 * step
     beta = 6 * step
+    if queue > beta:
+        return limit - step  # latency shrinks the limit even while it is unused
+    if inflight * 2 < limit:
+        return limit  # app-limited: no growth
     if queue <= step:
         return limit + beta
     if queue < alpha:
         return limit + step
-    if queue > beta:
-        return limit - step
     return limit
 
 

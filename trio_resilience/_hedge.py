@@ -25,6 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
+from ._classify import leaves
 from ._decorate import decorate
 from ._log import get_logger
 from ._retry import RetryBudget
@@ -204,7 +205,8 @@ class Hedge:
             self._fresh = 0
             count = self._count
             ordered = sorted(self._samples[:count] if count < _SAMPLES else self._samples)
-            self._estimate = ordered[min(count - 1, int(_QUANTILE * count))]
+            # The nearest-rank p95: the smallest sample with 95% of them at or below it.
+            self._estimate = ordered[max(0, math.ceil(_QUANTILE * count) - 1)]
 
     def current_delay(self) -> float | None:
         """The delay before an extra attempt now (None: calls are not hedged yet)."""
@@ -240,21 +242,31 @@ class Hedge:
                 raise
             self._record(trio.current_time() - start)
             return result
-        async with trio.open_nursery() as nursery:
-            race = _Race(nursery)
-            # The first attempt runs right here; a timer child starts the hedges.
-            nursery.start_soon(self._timer, race, start, delay, fn, args, kwargs, name=_TIMER_NAME)
-            try:
-                value = await fn(*args, **kwargs)
-            except Exception as exc:
-                race.failed(exc)
-                if not race.finished:
-                    # Others are running: wait for a winner (it cancels us) or for
-                    # all of them to fail (they wake us).
-                    race.waiter = trio.lowlevel.current_task()
-                    await trio.lowlevel.wait_task_rescheduled(race.abort_waiter)
-            else:
-                race.won(0, value)
+        try:
+            async with trio.open_nursery() as nursery:
+                race = _Race(nursery)
+                # The first attempt runs right here; a timer child starts the hedges.
+                nursery.start_soon(
+                    self._timer, race, start, delay, fn, args, kwargs, name=_TIMER_NAME
+                )
+                try:
+                    value = await fn(*args, **kwargs)
+                except Exception as exc:
+                    race.failed(exc)
+                    if not race.finished:
+                        # Others are running: wait for a winner (it cancels us) or for
+                        # all of them to fail (they wake us).
+                        race.waiter = trio.lowlevel.current_task()
+                        await trio.lowlevel.wait_task_rescheduled(race.abort_waiter)
+                else:
+                    race.won(0, value)
+        except BaseExceptionGroup as group:
+            # A KeyboardInterrupt, Cancelled or other BaseException of one attempt
+            # comes out as itself, as it would without hedging, not in a group.
+            only = _single_leaf(group)
+            if only is None:
+                raise
+            raise only from None
         if race.done:
             if race.winner:
                 self._hedge_wins += 1
@@ -341,3 +353,9 @@ class Hedge:
         delay = self.current_delay()
         shown = "learning" if delay is None else f"{delay:.4g}s"
         return f"<Hedge {self.name!r} delay={shown} max_hedges={self.max_hedges}>"
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside ``group`` (nested groups flattened), else None."""
+    found = list(leaves(group))
+    return found[0] if len(found) == 1 else None

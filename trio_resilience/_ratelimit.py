@@ -78,7 +78,7 @@ class RateLimiter:
     Args:
         rate: units of cost per ``period`` (> 0).
         period: seconds (> 0).
-        burst: the most cost admitted at once from idle (> 0, default
+        burst: the most cost admitted at once from idle (>= 1, default
             ``max(1, rate)``); no single acquisition may cost more.
         max_wait: the longest an ``acquire`` may wait (None: as long as the caller's
             deadline allows; 0: never wait).
@@ -132,7 +132,8 @@ class RateLimiter:
         self.period = check_number("period", period, gt=0)
         if burst is None:
             burst = max(1.0, self.rate)
-        self.burst = check_number("burst", burst, gt=0)
+        # At least one unit: a burst below the default cost would refuse every call().
+        self.burst = check_number("burst", burst, ge=1)
         self.max_wait = check_optional_number("max_wait", max_wait, ge=0, allow_inf=True)
         self.name = check_str("name", name)
         self._logger = get_logger(check_logger(logger))

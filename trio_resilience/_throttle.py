@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
-from ._classify import CANCELLED, FAILURE, NOTHING, Matcher, classify
+from ._classify import FAILURE, NOTHING, SUCCESS, Matcher, classify
 from ._decorate import decorate
 from ._exceptions import ThrottledError
 from ._log import CLASSIFY_FAILED, get_logger
@@ -194,7 +194,8 @@ class AdaptiveThrottle:
                 self._logger.error(
                     CLASSIFY_FAILED, throttle=self.name, error=short_repr(broken), exc_info=broken
                 )
-            if verdict != CANCELLED:  # cancellation counts as nothing
+            # Cancellation and BaseExceptions that are not Exceptions count as nothing.
+            if verdict in (FAILURE, SUCCESS):
                 offset = ring.advance(trio.current_time())
                 ring.add(offset, _REQUESTS, 1)
                 if verdict == FAILURE:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import math
+import sys
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
@@ -453,7 +454,7 @@ def main(url: str, interval: float, once: bool, out: TextIO) -> int:
     try:
         import prometheus_client  # noqa: F401
     except ImportError:  # pragma: no cover - installed with the prometheus extra
-        out.write(
+        sys.stderr.write(
             "trio-resilience: error: watch needs prometheus_client: "
             "pip install 'trio-resilience[prometheus]'\n"
         )
