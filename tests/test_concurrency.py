@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -281,6 +282,8 @@ async def test_a_raising_predicate_counts_a_failure(
     assert (stats.in_flight, stats.total_failures) == (0, 1)
     (event,) = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
     assert event["concurrency"] == "p"
+    assert event["exc_info"] is True  # JSON-safe: renderers read the exception handled
+    json.dumps(event, allow_nan=False)
 
 
 async def test_probes_let_the_baseline_follow_a_slower_service(autojump_clock: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from typing import Any
@@ -280,6 +281,8 @@ async def test_a_raising_predicate_counts_a_failure(
     assert (stats.requests, stats.accepts, stats.total_failures) == (1, 0, 1)
     (event,) = [e for e in logs if e["event"] == "trio_resilience.classify_failed"]
     assert (event["throttle"], event["error"]) == ("p", "ValueError('bad predicate')")
+    assert event["exc_info"] is True  # JSON-safe: renderers read the exception handled
+    json.dumps(event, allow_nan=False)
 
 
 class Halt(BaseException):

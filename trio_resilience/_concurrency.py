@@ -227,7 +227,7 @@ class AdaptiveConcurrency:
                         CLASSIFY_FAILED,
                         concurrency=self.name,
                         error=short_repr(broken),
-                        exc_info=broken,
+                        exc_info=True,
                     )
                 if verdict in (FAILURE, SUCCESS):  # not cancelled or ignored
                     self._sample(start, verdict == FAILURE)

@@ -241,7 +241,7 @@ class _Accounting:
             except Exception as exc:
                 with contextlib.suppress(Exception):  # a logger that raises
                     self._logger.error(
-                        SHED_CALLBACK_FAILED, channel=self.name, error=safe_repr(exc), exc_info=exc
+                        SHED_CALLBACK_FAILED, channel=self.name, error=safe_repr(exc), exc_info=True
                     )
         try:
             now = _current_time()

@@ -192,7 +192,7 @@ class AdaptiveThrottle:
             except Exception as broken:  # a failure_on predicate raised
                 verdict = FAILURE
                 self._logger.error(
-                    CLASSIFY_FAILED, throttle=self.name, error=short_repr(broken), exc_info=broken
+                    CLASSIFY_FAILED, throttle=self.name, error=short_repr(broken), exc_info=True
                 )
             # Cancellation and BaseExceptions that are not Exceptions count as nothing.
             if verdict in (FAILURE, SUCCESS):
