@@ -1761,7 +1761,7 @@ async def test_async_with_exited_in_another_task_returns_the_permit(
     stats = b.statistics()
     assert stats.half_open_in_flight == 0
     assert b.half_open_limiter.borrowed_tokens == 0
-    assert stats.total_cancelled == 1  # GeneratorExit counts as nothing
+    assert (stats.total_ignored, stats.total_cancelled) == (1, 0)  # GeneratorExit: nothing
     assert await b.call(ok) == "ok"  # the permit is free for the next probe
     await assert_settled(b)
 
@@ -2210,3 +2210,231 @@ async def test_a_loop_of_refusals_still_lets_other_tasks_run() -> None:
     # The stopper runs at the first yield (64) or, when Trio's batch runs this task
     # first, at the second (128); never a thousand refusals later.
     assert refusals in (64, 128)
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+async def test_error_logs_are_json_safe_and_keep_the_traceback(
+    autojump_clock: trio.testing.MockClock, logs: list[dict[str, Any]]
+) -> None:
+    """classify_failed, listener_failed, sharing_failed log exc_info=True, not the exception."""
+    import io
+    import json
+
+    import structlog
+
+    def broken_predicate(exc: BaseException) -> bool:
+        raise ZeroDivisionError("predicate bug")
+
+    def broken_listener(change: StateChange) -> None:
+        raise RuntimeError("listener bug")
+
+    b = CircuitBreaker(failure_threshold=1, failure_on=broken_predicate)
+    b.on_state_change = broken_listener
+    b.sharing.add_listener(broken_listener)
+    with pytest.raises(Boom):
+        await b.call(fail)
+    events = [e["event"] for e in logs if e.get("exc_info") is not None]
+    assert events == [
+        "trio_resilience.classify_failed",
+        "trio_resilience.breaker.listener_failed",
+        "trio_resilience.breaker.sharing_failed",
+    ]
+    for entry in logs:
+        json.dumps(entry, allow_nan=False)  # raises on an exception object or inf
+        if "exc_info" in entry:
+            assert entry["exc_info"] is True
+
+    # A real configuration still renders the traceback of the exception handled.
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    )
+    rendered = CircuitBreaker("real", failure_on=broken_predicate, logger=logger)
+    with pytest.raises(Boom):
+        await rendered.call(fail)
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "trio_resilience.classify_failed"
+    assert "Traceback" in record["exception"]
+    assert "ZeroDivisionError: predicate bug" in record["exception"]
+
+
+async def test_last_failure_of_a_rate_trip_on_a_success_is_the_last_failure_seen(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A rate-rule trip on a success reports the window's last failure, not None."""
+    b = CircuitBreaker(failure_threshold=None, failure_rate_threshold=0.5, minimum_calls=10)
+    errors = [Boom(f"e{i}") for i in range(5)]
+    for error in errors:
+
+        async def raise_it(error: Boom = error) -> None:
+            raise error
+
+        with pytest.raises(Boom):
+            await b.call(raise_it)
+        await trio.sleep(0.1)
+    for _ in range(5):
+        await b.call(ok)
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is errors[-1]
+
+
+async def test_last_failure_of_a_slow_call_trip_is_the_last_failure_in_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A trip by a slow call reports the window's last exception; none left in it: None."""
+
+    async def slow() -> None:
+        await trio.sleep(2)
+
+    b = CircuitBreaker(failure_threshold=2, failure_window=10, slow_call_duration=1)
+    err = Boom("real")
+
+    async def raise_err() -> None:
+        raise err
+
+    with pytest.raises(Boom):
+        await b.call(raise_err)
+    await b.call(slow)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is err
+
+    b.reset()
+    with pytest.raises(Boom):
+        await b.call(raise_err)
+    await trio.sleep(10)  # the failure leaves the window
+    await b.call(slow)
+    await b.call(slow)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is None  # only slow calls opened it
+
+
+async def test_half_open_timeout_and_slow_probe_keep_the_failure_that_opened_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A half-open timeout (lazy or by serve) or a slow probe re-opens keeping last_failure."""
+    b = open_breaker(half_open_max_duration=5.0, slow_call_duration=1.0)
+    err = Boom("opened it")
+
+    async def raise_err() -> None:
+        raise err
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await b.call(raise_err)
+    await trio.sleep(10)
+    await b.call(ok)  # one probe of two: still half-open
+    await trio.sleep(6)
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)  # the half-open timeout re-opens it
+    assert info.value.last_failure is err
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.serve)
+        await trio.sleep(10.5)
+        assert b.state_value.value is CircuitState.HALF_OPEN
+        await trio.sleep(5)
+        assert b.state_value.value is CircuitState.OPEN  # serve applied the timeout
+        nursery.cancel_scope.cancel()
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is err
+
+    await trio.sleep(10)
+
+    async def slow() -> None:
+        await trio.sleep(2)
+
+    await b.call(slow)  # a slow probe re-opens it
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is err
+
+
+async def test_trips_without_an_exception_have_no_last_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sharing layer's trip() and a forced open report last_failure None."""
+    b = CircuitBreaker(failure_threshold=5)
+    await fail_times(b, 1)
+    assert b.sharing.trip()
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is None
+    b.reset()
+    await fail_times(b, 1)
+    b.force_open()
+    with pytest.raises(CircuitOpenError) as info:
+        await b.call(ok)
+    assert info.value.last_failure is None
+
+
+def _raiser(kind: str) -> Any:
+    async def body() -> None:
+        await trio.lowlevel.checkpoint()
+        if kind == "group":
+            raise BaseExceptionGroup("g", [KeyboardInterrupt(), SystemExit(1)])
+        raise {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}.get(
+            kind, GeneratorExit
+        )()
+
+    return body
+
+
+@pytest.mark.parametrize("kind", ["KeyboardInterrupt", "SystemExit", "GeneratorExit", "group"])
+@pytest.mark.parametrize("state", ["closed", "half_open", "half_open_timed", "async_with"])
+async def test_interrupts_and_exits_count_as_ignored_not_cancelled(
+    autojump_clock: trio.testing.MockClock, kind: str, state: str
+) -> None:
+    """KeyboardInterrupt, SystemExit, GeneratorExit count in total_ignored, never as failures."""
+    from trio_resilience.testing import set_breaker_state
+
+    timed = {"slow_call_duration": 100.0} if state == "half_open_timed" else {}
+    b = CircuitBreaker(failure_threshold=1, failure_on=BaseException, **timed)
+    if state.startswith("half_open"):
+        set_breaker_state(b, "half_open")
+    body = _raiser(kind)
+    for _ in range(2):
+        with pytest.raises(BaseException) as info:
+            if state == "async_with":
+                async with b:
+                    await body()
+            else:
+                await b.call(body)
+        assert not isinstance(info.value, Exception)
+    stats = b.statistics()
+    assert (stats.total_ignored, stats.total_cancelled, stats.total_failures) == (2, 0, 0)
+    closed = state in ("closed", "async_with")
+    assert stats.state is (CircuitState.CLOSED if closed else CircuitState.HALF_OPEN)
+    assert stats.half_open_in_flight == 0
+
+
+async def test_trio_cancelled_still_counts_as_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """trio.Cancelled, alone or in a group with an interrupt, counts in total_cancelled."""
+    b = CircuitBreaker(failure_threshold=1, failure_on=BaseException)
+    with trio.move_on_after(1):
+        await b.call(trio.sleep_forever)
+
+    async def group() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled as cancelled:
+            raise BaseExceptionGroup("g", [cancelled, KeyboardInterrupt()]) from None
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(BaseExceptionGroup):
+            await b.call(group)
+    stats = b.statistics()
+    assert (stats.total_cancelled, stats.total_ignored, stats.total_failures) == (2, 0, 0)
+    assert b.state is CircuitState.CLOSED

@@ -16,7 +16,16 @@ from trio_util import AsyncValue
 
 from . import _live
 from ._backoff import Backoff
-from ._classify import CANCELLED, FAILURE, IGNORED, SUCCESS, ExceptionSpec, Matcher, classify
+from ._classify import (
+    CANCELLED,
+    FAILURE,
+    IGNORED,
+    SUCCESS,
+    ExceptionSpec,
+    Matcher,
+    classify,
+    leaves,
+)
 from ._decorate import decorate
 from ._exceptions import CircuitOpenError
 from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger
@@ -130,6 +139,20 @@ def _check_sync_callable(name: str, fn: object) -> Any:
     return fn
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether a never-counted ``exc`` is a cancellation (``total_cancelled``).
+
+    Only for an exception :func:`classify` found never counted: ``trio.Cancelled``, or
+    a group with a ``trio.Cancelled`` leaf, is a cancellation; ``KeyboardInterrupt``,
+    ``SystemExit`` and ``GeneratorExit`` (alone or in a group) count as ignored.
+    """
+    if isinstance(exc, trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and any(
+        isinstance(leaf, trio.Cancelled) for leaf in leaves(exc)
+    )
+
+
 def _safe_repr(value: object) -> str:
     """``repr(value)``, or a placeholder when its ``__repr__`` raises."""
     try:
@@ -207,6 +230,7 @@ class CircuitBreaker:
         "_half_open_until",
         "_ignore_matcher",
         "_last_failure",
+        "_last_failure_at",
         "_limiter",
         "_logger",
         "_lot",
@@ -350,7 +374,11 @@ class CircuitBreaker:
         self._open_period = 0.0
         self._half_open_until = math.inf
         self._recovery_delays: Iterator[float] | None = None
+        # The exception that opened the breaker; while closed, with a rate rule, slow
+        # calls or a result check, the last failure's exception and its time (a trip on a
+        # success or on a failure without an exception reports it).
         self._last_failure: BaseException | None = None
+        self._last_failure_at = -math.inf
         self._consecutive = 0
         self._total_calls = 0
         self._total_successes = 0
@@ -757,7 +785,7 @@ class CircuitBreaker:
         if state is _OPEN and now >= self._open_until:
             self._transition(_HALF_OPEN, "recovery_timeout", now)
         elif state is _HALF_OPEN and now >= self._half_open_until:
-            self._transition(_OPEN, "half_open_timeout", now)
+            self._transition(_OPEN, "half_open_timeout", now, failure=self._last_failure)
 
     async def _park_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` or until the breaker's state or permits change."""
@@ -819,7 +847,7 @@ class CircuitBreaker:
         elif self._timed or self._half_open_until != math.inf:
             now = self._read_checked()
             if now >= self._half_open_until:
-                self._transition(_OPEN, "half_open_timeout", now)
+                self._transition(_OPEN, "half_open_timeout", now, failure=self._last_failure)
                 return None
         else:
             now = 0.0
@@ -887,7 +915,12 @@ class CircuitBreaker:
                 self._sharing_failed("release", exc)
 
     def _sharing_failed(self, what: str, exc: BaseException) -> None:
-        self._log("error", BREAKER_SHARING_FAILED, hook=what, error=_safe_repr(exc), exc_info=exc)
+        """Log a failed sharing hook; call it in the ``except`` block that caught ``exc``.
+
+        Log values stay JSON-safe: ``exc_info=True`` (structlog's ``format_exc_info``,
+        or stdlib logging, renders the exception being handled), never the exception.
+        """
+        self._log("error", BREAKER_SHARING_FAILED, hook=what, error=_safe_repr(exc), exc_info=True)
 
     def _log(self, level: str, event: str, **values: Any) -> None:
         """Log ``event``; a logger (or a value's repr) that raises never reaches a call."""
@@ -932,7 +965,7 @@ class CircuitBreaker:
                     BREAKER_CLASSIFY_FAILED,
                     predicate="failure_if_result",
                     error=_safe_repr(error),
-                    exc_info=error,
+                    exc_info=True,
                 )
                 failed = True
             if failed:
@@ -958,7 +991,7 @@ class CircuitBreaker:
                 BREAKER_CLASSIFY_FAILED,
                 predicate="failure_on/ignore_on",
                 error=_safe_repr(error),
-                exc_info=error,
+                exc_info=True,
             )
             return FAILURE
         return verdict
@@ -988,7 +1021,10 @@ class CircuitBreaker:
             self._total_ignored += 1
         else:
             assert verdict == CANCELLED
-            self._total_cancelled += 1
+            if _is_cancellation(exc):
+                self._total_cancelled += 1
+            else:  # KeyboardInterrupt, SystemExit, GeneratorExit: counted as nothing
+                self._total_ignored += 1
 
     def _plain_probe_without_source(self) -> bool:
         return not self._timed and self.half_open_max_duration is None
@@ -1008,7 +1044,7 @@ class CircuitBreaker:
                     self._transition(_CLOSED, "success_threshold", self._read())
         elif verdict == FAILURE:
             self._failed(gen, exc)
-        elif verdict == IGNORED:
+        elif verdict == IGNORED or not _is_cancellation(exc):
             self._total_ignored += 1
         else:
             self._total_cancelled += 1
@@ -1037,7 +1073,9 @@ class CircuitBreaker:
         if state is _CLOSED:
             self._record_closed(True, self._read_checked(), exc)
         elif state is _HALF_OPEN:
-            self._transition(_OPEN, "half_open_failure", self._read(), failure=exc)
+            # A slow probe or a rejected result has no exception: keep the one before.
+            failure = exc if exc is not None else self._last_failure
+            self._transition(_OPEN, "half_open_failure", self._read(), failure=failure)
 
     def _count_success(self) -> None:
         """Count a closed-state success: exactly for the rate rule, else in a batch."""
@@ -1082,7 +1120,7 @@ class CircuitBreaker:
         if self._run is not run:  # a new run: count this success in the fresh window
             self._ring.add(self._ring_bucket(now), 0, 1)
         if self._rate_trips(int(self._ring.total(now, 1)), int(self._ring.totals[0])):
-            self._transition(_OPEN, "failure_rate", now)
+            self._transition(_OPEN, "failure_rate", now, failure=self._window_failure(now))
 
     def _flush(self) -> None:
         """Count the pending batch of successes in the bucket of its first success."""
@@ -1102,6 +1140,11 @@ class CircuitBreaker:
         if failed:
             ring.add(offset, 1, 1)
             self._counted_failures += 1
+            if exc is None:
+                exc = self._window_failure(now)
+            elif self._rate_den or self._timed:  # a later trip may happen without one
+                self._last_failure = exc
+                self._last_failure_at = now
             threshold = self.failure_threshold
             if threshold is not None and self._count_failure(now) >= threshold:
                 self._transition(_OPEN, "failure_threshold", now, failure=exc)
@@ -1110,7 +1153,20 @@ class CircuitBreaker:
             totals = ring.totals
             calls = totals[0]
             if calls >= self.minimum_calls and totals[1] * self._rate_den >= self._rate_num * calls:
+                if exc is None:
+                    exc = self._window_failure(now)
                 self._transition(_OPEN, "failure_rate", now, failure=exc)
+
+    def _window_failure(self, now: float) -> BaseException | None:
+        """The last failure's exception still in the closed window (None: only slow
+        calls or rejected results failed in it).
+
+        The rate rule's buckets reach one bucket further back than the window.
+        """
+        reach = self.failure_window + (self._ring.width if self._rate_den else 0.0)
+        if now < self._last_failure_at + reach:
+            return self._last_failure
+        return None
 
     def _count_failure(self, now: float) -> int:
         """Record a failure time for the count rule; return the failures in the window."""
@@ -1159,6 +1215,9 @@ class CircuitBreaker:
 
     def _clear_window(self) -> None:
         self._ring_lo = self._ring_hi = -math.inf  # forget the cached bucket
+        self._last_failure_at = -math.inf
+        if self._state is _CLOSED:
+            self._last_failure = None
         self._pending = 0
         self._ftimes.clear()
         self._fhead = 0
@@ -1246,7 +1305,7 @@ class CircuitBreaker:
             try:
                 listener(change)
             except Exception as exc:
-                self._log("error", BREAKER_LISTENER_FAILED, error=_safe_repr(exc), exc_info=exc)
+                self._log("error", BREAKER_LISTENER_FAILED, error=_safe_repr(exc), exc_info=True)
         if shared is not None:
             for fn in tuple(shared.listeners):
                 try:

@@ -37,9 +37,12 @@ class CircuitOpenError(ResilienceError):
         state: the breaker's state when it refused (a :class:`CircuitState`).
         retry_after: seconds until the breaker can admit a probe; ``0.0`` when it is
             half-open and every probe permit is busy, ``math.inf`` when forced open.
-        last_failure: the exception that opened the breaker; ``None`` when it was
-            forced open, opened by a slow call, a rejected result, a half-open timeout
-            or another process.
+        last_failure: the exception that opened the breaker: the tripping failure's,
+            or for a trip on a success, a slow call or a rejected result the last
+            failure's exception in the window; a failed probe's (a slow probe, a
+            rejected result or a half-open timeout keeps the one before). ``None``
+            when forced open, or opened without any exception: by a sharing layer
+            (a remote trip), or by slow calls or rejected results alone.
     """
 
     def __init__(

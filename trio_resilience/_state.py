@@ -89,9 +89,12 @@ class CircuitBreakerStatistics:
     """Calls refused with :class:`CircuitOpenError`."""
     total_ignored: int
     """Admitted calls that counted as nothing: ``ignore_on`` matched, or a
-    ``BaseException`` that is not an ``Exception`` and not matched by ``failure_on``."""
+    ``BaseException`` that is not an ``Exception`` and not matched by ``failure_on``;
+    ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` always count here (never
+    as failures, whatever ``failure_on`` says)."""
     total_cancelled: int
-    """Admitted calls that ended in cancellation (counted as nothing else)."""
+    """Admitted calls that ended in ``trio.Cancelled`` (or a group holding one), counted
+    as nothing else."""
     times_opened: int
     """How often the breaker opened because of failures (forced opens excluded)."""
     retry_after: float
