@@ -711,6 +711,34 @@ async def test_the_blocks_own_error_and_cancellation_come_out_as_themselves(
             assert scope.cancelled_caught
 
 
+async def test_cancelling_nested_blocks_from_outside_raises_nothing(
+    shared_server: RedisServer,
+) -> None:
+    """A cancel scope around two nested blocks (or one whose body cleans up shielded)
+    absorbs the cancellation: the client's teardown errors never leak out of it."""
+    prefix = fresh()
+    for trial in range(8):
+        with trio.move_on_after(0.1 + trial % 4 * 0.02) as scope:
+            async with (
+                open_shared_state(shared_server.url, CircuitBreaker("db"), prefix=prefix),
+                open_shared_state(shared_server.url, CircuitBreaker("db"), prefix=prefix),
+            ):
+                await trio.sleep(10)
+        assert scope.cancelled_caught
+    for trial in range(4):
+        with trio.move_on_after(0.1 + trial * 0.02) as scope:
+            breaker = CircuitBreaker("db")
+            async with open_shared_state(
+                shared_server.url, breaker, prefix=prefix, sync_interval=0.05
+            ):
+                try:
+                    await trio.sleep(10)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await trio.sleep(0.05)
+        assert scope.cancelled_caught
+
+
 async def test_password_urls_work(redis_server: RedisServer) -> None:
     """A redis:// URL with a password reaches a server that requires one; a wrong one
     degrades to local decisions."""

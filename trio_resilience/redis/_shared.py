@@ -27,7 +27,7 @@ from .._log import get_logger
 from .._ratelimit import RateLimiter
 from .._retry_budget import RetryBudget
 from . import _keys, _lua, _trust
-from ._errors import describe, is_down, only_errors
+from ._errors import describe, is_down, only_errors, without_errors
 
 REDIS_DEGRADED = "trio_resilience.redis.degraded"
 REDIS_RECOVERED = "trio_resilience.redis.recovered"
@@ -357,10 +357,14 @@ class SharedState:
         if self.url is None:
             try:
                 await self._serve(start)
-            except BaseException:
+            except BaseException as exc:
                 if self._closing:
                     return  # the client's teardown noise while the block exits
-                raise
+                if only_errors(exc):  # never expected: the tasks catch their errors
+                    self._down(exc)
+                    start()
+                    return
+                _raise_cancellation(exc)
             return
         delays = _RECONNECT.delays()
         while True:
@@ -379,8 +383,8 @@ class SharedState:
                 self._client = None
                 if self._closing:
                     return
-                if isinstance(exc, trio.Cancelled) or not only_errors(exc):
-                    raise
+                if not only_errors(exc):
+                    _raise_cancellation(exc)
                 self._down(exc)
             start()
             await trio.sleep(next(delays))
@@ -775,6 +779,15 @@ class SharedState:
                 count=self._malformed_unlogged,
             )
             self._malformed_unlogged = 0
+
+
+def _raise_cancellation(exc: BaseException) -> None:  # called with a non-Exception inside
+    """Re-raise ``exc`` without the errors a cancelled client's teardown added to it."""
+    rest = without_errors(exc)
+    if rest is exc:
+        raise exc
+    if rest is not None:
+        raise rest from exc
 
 
 def _now_or(default: float) -> float:
