@@ -711,6 +711,22 @@ async def test_the_blocks_own_error_and_cancellation_come_out_as_themselves(
             assert scope.cancelled_caught
 
 
+async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
+    shared_server: RedisServer,
+) -> None:
+    """A group the body raises is not wrapped in the block's nursery group, with a URL,
+    a client passed in, or Redis down."""
+    client = coredis.Redis("127.0.0.1", shared_server.port)
+    async with client:
+        for target in (shared_server.url, client, f"redis://127.0.0.1:{free_port()}/0"):
+            error = ExceptionGroup("mine", [KeyError("a"), Boom()])
+            with pytest.raises(ExceptionGroup) as info:
+                async with open_shared_state(target, CircuitBreaker("db"), prefix=fresh()):
+                    await trio.sleep(0.05)
+                    raise error
+            assert info.value is error
+
+
 async def test_cancelling_nested_blocks_from_outside_raises_nothing(
     shared_server: RedisServer,
 ) -> None:
