@@ -711,6 +711,64 @@ async def test_the_blocks_own_error_and_cancellation_come_out_as_themselves(
             assert scope.cancelled_caught
 
 
+async def server_us(client: Any) -> int:
+    """The server's clock in microseconds (coredis's time() drops the fraction)."""
+    t = await client.execute_command(
+        client.create_request(b"TIME", callback=coredis.response._callbacks.NoopCallback())
+    )
+    return int(t[0]) * 1_000_000 + int(t[1])
+
+
+async def test_a_foreign_count_lua_would_parse_never_loses_another_breakers_trip(
+    shared_server: RedisServer,
+) -> None:
+    """Counts like "5.0", "0x10" or " 7" in the current bucket (HINCRBY refuses them)
+    are replaced and counted malformed; the trip of another breaker in the same sync
+    and the budget counts still arrive."""
+    prefix = fresh()
+    client = raw(shared_server)
+    sick = CircuitBreaker("aa", failure_threshold=3, failure_window=10)
+    tripper = CircuitBreaker("zz", failure_threshold=1, failure_window=10)
+    peer = CircuitBreaker("zz", failure_threshold=1, failure_window=10)
+    rich = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10, name="api")
+    poor = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10, name="api")
+    async with client:
+        bucket = await server_us(client) // 1_000_000  # width: a tenth of 10 s
+        garbage = ("5.0", "0x10", " 7", "1e3")
+        for i, value in enumerate(garbage):  # whichever bucket is current at the sync
+            await client.hset(f"{{{prefix}:aa}}:counts:10000", {f"f:{bucket + i}": value})
+            await client.hset(f"{{{prefix}:budget:api}}:10000", {f"d:{bucket + i}": value})
+        async with (
+            open_shared_state(
+                shared_server.url,
+                sick,
+                tripper,
+                retry_budgets=[rich],
+                prefix=prefix,
+                share_counts=True,
+                trip_quorum=1,
+            ) as shared,
+            open_shared_state(
+                shared_server.url,
+                peer,
+                retry_budgets=[poor],
+                prefix=prefix,
+                share_counts=True,
+                trip_quorum=1,
+            ),
+        ):
+            await trip(sick, 1)  # a new failure: an HINCRBY on the garbage field
+            for _ in range(5):
+                rich.deposit()
+            await trip(tripper)
+            await wait_for(lambda: peer.state is CircuitState.OPEN)
+            await wait_for(poor.try_withdraw)
+            assert shared.statistics().published == 1
+            assert shared.statistics().malformed >= 1
+        counts = await client.hgetall(f"{{{prefix}:aa}}:counts:10000")
+        assert not set(counts.values()) & set(garbage)
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

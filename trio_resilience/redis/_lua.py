@@ -31,10 +31,24 @@ local function capped(key, limit)
     bad = bad + 1
   end
 end
+-- Only what Redis itself writes for an integer: no '5.0', '0x10', ' 7', '+7', '07', '1e3'
+-- (Lua's tonumber takes them all, HINCRBY on them fails and would abort the script).
 local function integer(v, low, high)
+  if type(v) ~= 'string' or #v > 16 then return nil end
+  if v ~= '0' and not string.match(v, '^%-?[1-9]%d*$') then return nil end
   local n = tonumber(v)
-  if n == nil or n ~= n or n < low or n > high or n ~= math.floor(n) then return nil end
+  if n == nil or n < low or n > high then return nil end
   return n
+end
+-- HINCRBY that never fails on a value it cannot add to: the field is replaced.
+local function incr(key, field, by)
+  local r = redis.pcall('HINCRBY', key, field, fmt(by))
+  if type(r) == 'table' and r.err then
+    redis.call('HDEL', key, field)
+    bad = bad + 1
+    return redis.call('HINCRBY', key, field, fmt(by))
+  end
+  return r
 end
 """
 
@@ -127,10 +141,10 @@ local function sync_one(K, A)
     local df = tonumber(A[13])
     local dc = tonumber(A[14])
     if df > 0 then
-      redis.call('HINCRBY', K[5], 'f:' .. fmt(current), df)
+      incr(K[5], 'f:' .. fmt(current), df)
       safe('ZADD', K[6], fmt(now), origin)
     end
-    if dc > 0 then redis.call('HINCRBY', K[5], 'c:' .. fmt(current), dc) end
+    if dc > 0 then incr(K[5], 'c:' .. fmt(current), dc) end
     if df > 0 or dc > 0 then
       redis.call('PEXPIRE', K[5], math.floor(window / 500) + 1000)
       redis.call('PEXPIRE', K[6], math.floor(window / 500) + 1000)
@@ -178,7 +192,12 @@ for g = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[ai])
   local A = {}
   for j = 1, n do A[j] = ARGV[ai + j] end
-  local out = sync_one(K, A)
+  -- One breaker's failure (a script error) never aborts the others' syncs.
+  local ok, out = pcall(sync_one, K, A)
+  if not ok then
+    if type(out) == 'table' then out = out.err end
+    out = {'error: ' .. tostring(out)}
+  end
   table.insert(result, #out)
   for _, v in ipairs(out) do table.insert(result, v) end
   ki = ki + 6
@@ -244,8 +263,8 @@ for i = 1, #all, 2 do
 end
 local dd = tonumber(ARGV[3])
 local dw = tonumber(ARGV[4])
-if dd ~= 0 then redis.call('HINCRBY', KEYS[1], 'd:' .. fmt(current), dd) end
-if dw ~= 0 then redis.call('HINCRBY', KEYS[1], 'w:' .. fmt(current), dw) end
+if dd ~= 0 then incr(KEYS[1], 'd:' .. fmt(current), dd) end
+if dw ~= 0 then incr(KEYS[1], 'w:' .. fmt(current), dw) end
 if dd ~= 0 or dw ~= 0 then redis.call('PEXPIRE', KEYS[1], math.floor(window / 500) + 1000) end
 return {now, dep + dd, wd + dw, bad}
 """

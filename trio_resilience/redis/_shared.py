@@ -515,10 +515,12 @@ class SharedState:
             if kind == "breakers":
                 parts = self._split(reply, len(target))
                 for (shared, event), part in zip(target, parts, strict=True):
-                    if event is not None and shared.event is event:
+                    # A trip or close is delivered only with a valid reply (an error
+                    # reply may have stopped the script before it): else sent again.
+                    applied = self._apply_breaker(shared, part, before, after)
+                    if applied and event is not None and shared.event is event:
                         shared.event = None
                         self._published += 1
-                    self._apply_breaker(shared, part, before, after)
             else:
                 self._budget_unsent[target.name] = (0, 0)
                 self._apply_budget(target, reply)
@@ -620,12 +622,13 @@ class SharedState:
 
     # ------------------------------------------------------------ applying replies
 
-    def _apply_breaker(self, shared: _Shared, reply: Any, before: float, after: float) -> None:
+    def _apply_breaker(self, shared: _Shared, reply: Any, before: float, after: float) -> bool:
+        """Apply one breaker's sync reply; False if it was refused as malformed."""
         name = shared.breaker.name
         items = _trust.reply_list(reply, 8)
         if items is None or (len(items) - 8) % 3:
             self._bad(name, reply)
-            return
+            return False
         server_us = _trust.integer(items[0], 1)
         version = _trust.integer(items[1])
         bad = _trust.integer(items[2])
@@ -634,7 +637,7 @@ class SharedState:
         changed = _trust.integer(items[7], 0, 1)
         if None in (server_us, version, bad, closed, failures, calls, origins, changed):
             self._bad(name, reply)
-            return
+            return False
         assert server_us is not None
         assert version is not None
         assert closed is not None
@@ -670,6 +673,7 @@ class SharedState:
             and port.would_trip(failures, calls)
         ):
             port.trip("shared_failures")
+        return True
 
     def _apply_trips(
         self, shared: _Shared, triples: list[Any], server_us: int, offset: float, now: float
