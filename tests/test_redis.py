@@ -769,6 +769,32 @@ async def test_a_foreign_count_lua_would_parse_never_loses_another_breakers_trip
         assert not set(counts.values()) & set(garbage)
 
 
+async def test_foreign_members_of_the_origins_set_never_make_a_quorum(
+    shared_server: RedisServer,
+) -> None:
+    """An origin scored in the future (+inf) or not shaped like an origin id is removed
+    and counted malformed: one failing process alone never opens the others."""
+    prefix = fresh()
+    client = raw(shared_server)
+    a = CircuitBreaker("db", failure_threshold=5, failure_window=10)
+    b = CircuitBreaker("db", failure_threshold=3, failure_window=10)
+    key = f"{{{prefix}:db}}:origins:10000"
+    async with client:
+        now_us = await server_us(client)
+        await client.zadd(key, {"garbage": math.inf, "1-abc": now_us + 3e9, "x|y": now_us})
+        async with (
+            open_shared_state(shared_server.url, a, prefix=prefix, share_counts=True) as sa,
+            open_shared_state(shared_server.url, b, prefix=prefix, share_counts=True) as sb,
+        ):
+            await trip(a, 3)
+            await wait_for(lambda: sa.statistics().malformed + sb.statistics().malformed >= 1)
+            syncs = sb.statistics().syncs
+            await wait_for(lambda: sb.statistics().syncs >= syncs + 2)
+            assert b.state is CircuitState.CLOSED
+            assert a.state is CircuitState.CLOSED
+        assert await client.zmscore(key, ["garbage", "1-abc", "x|y"]) == (None, None, None)
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

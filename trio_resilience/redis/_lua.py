@@ -157,7 +157,23 @@ local function sync_one(K, A)
       local since = now - window
       if closed > since then since = closed end
       safe('ZREMRANGEBYSCORE', K[6], '-inf', fmt(now - window))
-      co = redis.call('ZCOUNT', K[6], '(' .. fmt(since), '+inf')
+      if redis.call('ZCARD', K[6]) > 10000 then
+        redis.call('DEL', K[6])
+        bad = bad + 1
+      end
+      -- Every sharer scores its origin with this server's clock: a member scored in
+      -- the future, or not shaped like an origin id, is foreign and never counts.
+      bad = bad + redis.call('ZREMRANGEBYSCORE', K[6], '(' .. fmt(now), '+inf')
+      local members = redis.call('ZRANGEBYSCORE', K[6], '(' .. fmt(since), fmt(now),
+        'LIMIT', 0, 1000)
+      for _, m in ipairs(members) do
+        if #m <= 200 and string.match(m, '^%d+%-%x+$') then
+          co = co + 1
+        else
+          redis.call('ZREM', K[6], m)
+          bad = bad + 1
+        end
+      end
     end
   end
   local changed = 0

@@ -141,6 +141,7 @@ class SharedState:
         self.permit_lease = permit_lease
         self.trip_quorum = trip_quorum
         self._logger = get_logger(logger)
+        # The sync script counts only origins of this shape (digits, '-', hex).
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.channel = _keys.channel(prefix)
         self._shared = {b.name: _Shared(b, prefix) for b in breakers}
