@@ -795,6 +795,38 @@ async def test_foreign_members_of_the_origins_set_never_make_a_quorum(
         assert await client.zmscore(key, ["garbage", "1-abc", "x|y"]) == (None, None, None)
 
 
+async def test_counts_beyond_what_a_bucket_could_hold_are_refused(
+    shared_server: RedisServer,
+) -> None:
+    """A planted 10**11-odd first attempts (or failures) in a one-second bucket is more
+    than a million a second: it is dropped and counted malformed, so the budget still
+    caps retries and the breaker does not trip on it."""
+    prefix = fresh()
+    client = raw(shared_server)
+    budget = RetryBudget(ratio=0.1, min_retries_per_second=0.0, window=10, name="api")
+    breaker = CircuitBreaker("db", failure_threshold=5, failure_window=10)
+    async with client:
+        bucket = await server_us(client) // 1_000_000  # width: a tenth of 10 s
+        for i in range(-1, 3):  # whichever bucket is current at the sync
+            await client.hset(f"{{{prefix}:budget:api}}:10000", {f"d:{bucket + i}": "10" * 6})
+            await client.hset(f"{{{prefix}:db}}:counts:10000", {f"f:{bucket + i}": "10" * 6})
+        async with open_shared_state(
+            shared_server.url,
+            breaker,
+            retry_budgets=[budget],
+            prefix=prefix,
+            share_counts=True,
+            trip_quorum=1,
+        ) as shared:
+            await trip(breaker, 1)  # this process is a failing origin
+            await wait_for(lambda: shared.statistics().malformed >= 2)
+            syncs = shared.statistics().syncs
+            await wait_for(lambda: shared.statistics().syncs >= syncs + 2)
+            assert breaker.state is CircuitState.CLOSED
+            assert not budget.try_withdraw()
+        assert not await client.hvals(f"{{{prefix}:budget:api}}:10000")
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

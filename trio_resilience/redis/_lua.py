@@ -3,6 +3,10 @@
 Every script first replaces keys of a wrong type and fields it cannot parse (counting
 them in the reply's ``bad``), so garbage written under a key never blocks sharing.
 Numbers go out as integers (microseconds): Lua numbers become Redis integers.
+
+A count bucket ``width`` microseconds wide holds at most ``width`` events (a million
+a second under one name, cluster-wide): a stored count beyond that is foreign and is
+dropped, so a planted huge count never lifts a budget's cap or masks a failure rate.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ local function sync_one(K, A)
     for i = 1, #all, 2 do
       local kind, b = string.match(all[i], '^([fc]):(%d+)$')
       b = tonumber(b)
-      local v = integer(all[i + 1], 0, 1e12)
+      local v = integer(all[i + 1], 0, width)
       if kind == nil or b == nil or v == nil or b > current then
         redis.call('HDEL', K[5], all[i])
         bad = bad + 1
@@ -265,7 +269,7 @@ local all = safe('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local kind, b = string.match(all[i], '^([dw]):(%d+)$')
   b = tonumber(b)
-  local v = integer(all[i + 1], -1e12, 1e12)
+  local v = integer(all[i + 1], -width, width)
   if kind == nil or b == nil or v == nil or b > current then
     redis.call('HDEL', KEYS[1], all[i])
     bad = bad + 1
