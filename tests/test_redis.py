@@ -827,6 +827,24 @@ async def test_counts_beyond_what_a_bucket_could_hold_are_refused(
         assert not await client.hvals(f"{{{prefix}:budget:api}}:10000")
 
 
+async def test_a_finished_probe_frees_its_lease_for_the_next_probe_at_once(
+    shared_server: RedisServer,
+) -> None:
+    """With one probe at a time and a slow sync, probes in a row are each admitted:
+    the last probe's lease is released with the next acquisition, not the next sync."""
+    from trio_resilience.testing import set_breaker_state
+
+    breaker = CircuitBreaker("db", half_open_max_calls=1, success_threshold=3)
+    async with open_shared_state(
+        shared_server.url, breaker, prefix=fresh(), sync_interval=30, permit_timeout=1
+    ) as shared:
+        await wait_for(lambda: shared.statistics().syncs >= 1)
+        set_breaker_state(breaker, "half_open")
+        for _ in range(3):
+            await breaker.call(trio.sleep, 0)  # never CircuitOpenError
+        assert breaker.state is CircuitState.CLOSED
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

@@ -228,10 +228,12 @@ return result
 )
 
 # KEYS: probes, sharers. ARGV: 1 half_open_max_calls, 2 lease us, 3 lease id,
-# 4 longest liveness us. Reply: granted (1/0), the cluster's limit, bad.
+# 4 longest liveness us, 5.. this process's finished leases, released first.
+# Reply: granted (1/0), the cluster's limit, bad.
 ACQUIRE = (
     _PRELUDE
     + """
+for i = 5, #ARGV do safe('ZREM', KEYS[1], ARGV[i]) end
 safe('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])

@@ -249,6 +249,9 @@ class SharedState:
             return None
         lease = f"{self.origin}:{next(self._leases)}"
         granted = False
+        # This breaker's finished probes give their leases back first: the next probe
+        # of this process never waits for a sync to free the last one's lease.
+        releasing = self._releases_of(breaker.name)
         try:
             with trio.move_on_after(self._permit_wait):
                 self._round_trips += 1
@@ -260,8 +263,10 @@ class SharedState:
                         _us(self.permit_lease),
                         lease,
                         _LIVENESS_HORIZON_US,
+                        *releasing,
                     ],
                 )
+                self._released(breaker.name, releasing)
                 items = _trust.reply_list(reply, 3, 3)
                 ok = items and _trust.integer(items[0], 0, 1)
                 if items is None or ok is None or _trust.integer(items[2]) is None:
@@ -280,8 +285,30 @@ class SharedState:
                 self._post_release(breaker.name, lease, 3)
 
     def release(self, breaker: CircuitBreaker, lease: str) -> None:
-        """Give a probe permit back (with the next sync; it expires anyway)."""
+        """Give a probe permit back (with the next acquisition or the sync it starts;
+        it expires anyway)."""
         self._post_release(breaker.name, lease, 1)
+        self._wake.set()
+
+    def _releases_of(self, name: str) -> list[str]:
+        """Up to 32 leases of breaker ``name`` waiting to be released."""
+        found: list[str] = []
+        for breaker, lease in self._releases:
+            if breaker == name:
+                found.append(lease)
+                if len(found) == 32:
+                    break
+        return found
+
+    def _released(self, name: str, leases: list[str]) -> None:
+        """``leases`` reached the server: one send fewer left for each."""
+        releases = self._releases
+        for lease in leases:
+            left = releases.get((name, lease))
+            if left is not None and left <= 1:
+                del releases[(name, lease)]
+            elif left is not None:
+                releases[(name, lease)] = left - 1
 
     def _post_release(self, name: str, lease: str, sends: int) -> None:
         releases = self._releases
