@@ -845,6 +845,34 @@ async def test_a_finished_probe_frees_its_lease_for_the_next_probe_at_once(
         assert breaker.state is CircuitState.CLOSED
 
 
+async def test_a_block_that_exits_stops_capping_the_clusters_probes(
+    shared_server: RedisServer,
+) -> None:
+    """A sharer with half_open_max_calls=1 caps the cluster's probes while its block
+    runs; once it exits cleanly the others run their own limit at once."""
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    strict = CircuitBreaker("db", half_open_max_calls=1)
+    loose = CircuitBreaker("db", half_open_max_calls=3)
+    async with open_shared_state(
+        shared_server.url, loose, prefix=prefix, permit_timeout=1, permit_lease=60
+    ) as shared:
+        set_breaker_state(loose, "half_open")
+        async with open_shared_state(shared_server.url, strict, prefix=prefix) as other:
+            await wait_for(lambda: other.statistics().syncs >= 1)
+            lease = await shared.acquire(loose)
+            assert isinstance(lease, str)
+            assert await shared.acquire(loose) is False  # the cluster's limit is 1
+            shared.release(loose, lease)
+        leases = [await shared.acquire(loose) for _ in range(3)]
+        assert all(isinstance(lease, str) for lease in leases)
+        assert await shared.acquire(loose) is False
+        for lease in leases:
+            assert isinstance(lease, str)
+            shared.release(loose, lease)
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

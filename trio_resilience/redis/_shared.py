@@ -79,6 +79,7 @@ class _Shared:
         "escaped",
         "event",
         "heartbeat_at",
+        "heartbeat_member",
         "keys",
         "offset",
         "opened_at",
@@ -102,6 +103,7 @@ class _Shared:
         self.rtt = math.inf
         self.rtt_at = -math.inf
         self.heartbeat_at = -math.inf  # Trio time of the last heartbeat sent
+        self.heartbeat_member: str | None = None  # removed when the block exits
 
 
 def _ms(seconds: float) -> int:
@@ -472,15 +474,34 @@ class SharedState:
     exit_flush = 0.5
 
     async def _flush(self) -> None:
-        """One last sync when trips, closes or releases are still unsent (and Redis up)."""
-        pending = self._releases or any(s.event for s in self._shared.values())
-        if not (pending and self._connected and self._client is not None):
+        """One last sync when trips, closes or releases are still unsent, then the
+        heartbeats are withdrawn (when Redis is up): the block leaves the cluster."""
+        client = self._client
+        if not (self._connected and client is not None):
             return
+        pending = self._releases or any(s.event for s in self._shared.values())
         try:
-            await self._sync()
+            if pending:
+                await self._sync()
+            await self._leave(client)
         except Exception as exc:
             if not is_down(exc):
                 self._bad("sync", exc)
+
+    async def _leave(self, client: Any) -> None:
+        """Remove this block's heartbeats: its ``half_open_max_calls`` stops capping
+        the cluster's probes now, not when the heartbeat would have expired."""
+        gone = [(s.keys.sharers, s.heartbeat_member) for s in self._shared.values()]
+        gone = [(key, member) for key, member in gone if member is not None]
+        if not gone:
+            return
+        self._round_trips += 1
+        async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            for key, member in gone:
+                pipe.zrem(key, [member])
+        for shared in self._shared.values():
+            shared.heartbeat_member = None
+            shared.heartbeat_at = -math.inf
 
     async def _sync(self) -> None:
         client = self._client
@@ -595,6 +616,7 @@ class SharedState:
         if now - shared.heartbeat_at >= self._alive_us / _US / 3 or now < shared.heartbeat_at:
             heartbeat = self._alive_us
             shared.heartbeat_at = now  # forgotten again if this sync fails
+            shared.heartbeat_member = f"{port.half_open_max_calls}|{self.origin}"
         args: list[Any] = [
             self.origin,
             shared.version,
