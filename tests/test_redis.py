@@ -873,6 +873,29 @@ async def test_a_block_that_exits_stops_capping_the_clusters_probes(
             shared.release(loose, lease)
 
 
+async def test_a_long_names_trip_travels_by_hint_and_is_not_malformed(
+    shared_server: RedisServer,
+) -> None:
+    """A 604-character name (escaping makes it longer) still fits the hints the library
+    reads: the trip arrives by hint, long before the next sync, and nobody counts it
+    malformed."""
+    prefix = fresh()
+    name = "svc:" * 100 + "é" * 204
+    a = CircuitBreaker(name, failure_threshold=1)
+    b = CircuitBreaker(name, failure_threshold=1)
+    common: dict[str, Any] = {"prefix": prefix, "sync_interval": 30.0, "trip_quorum": 1}
+    async with (
+        open_shared_state(shared_server.url, a, **common) as sa,
+        open_shared_state(shared_server.url, b, **common) as sb,
+    ):
+        await wait_for(lambda: sa.statistics().subscribed and sb.statistics().subscribed)
+        await wait_for(lambda: sa.statistics().syncs >= 1 and sb.statistics().syncs >= 1)
+        await trio.sleep(0.1)  # the subscription is confirmed on the server side
+        await trip(a)
+        await wait_for(lambda: b.state is CircuitState.OPEN, limit=3.0)
+        assert sa.statistics().malformed == sb.statistics().malformed == 0
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

@@ -80,6 +80,7 @@ class _Shared:
         "event",
         "heartbeat_at",
         "heartbeat_member",
+        "hint",
         "keys",
         "offset",
         "opened_at",
@@ -93,6 +94,7 @@ class _Shared:
         self.breaker = breaker
         self.port = breaker.sharing
         self.escaped = _keys.escape(breaker.name)
+        self.hint = f"v2|{_keys.hint_name(self.escaped)}|"  # then the origin
         self.keys = _keys.BreakerKeys(prefix, breaker.name, _ms(breaker.failure_window))
         self.version = "-1"  # never seen: the first sync reads everything
         self.closed_seen = -1
@@ -147,7 +149,7 @@ class SharedState:
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.channel = _keys.channel(prefix)
         self._shared = {b.name: _Shared(b, prefix) for b in breakers}
-        self._by_escaped = {s.escaped: s for s in self._shared.values()}
+        self._by_hint = {_keys.hint_name(s.escaped): s for s in self._shared.values()}
         self.retry_budgets = retry_budgets
         self.rate_limiters = rate_limiters
         self._budget_unsent: dict[str, tuple[int, int]] = {b.name: (0, 0) for b in retry_budgets}
@@ -626,7 +628,7 @@ class SharedState:
             age,
             open_for,
             self.channel,
-            f"v2|{shared.escaped}|{self.origin}",
+            shared.hint + self.origin,
             "1" if self.share_counts else "0",
             window_us,
             max(1, window_us // 10),
@@ -807,8 +809,8 @@ class SharedState:
         if parsed is None:
             self._bad("events", data)
             return
-        escaped, origin = parsed
-        if origin != self.origin and escaped in self._by_escaped:
+        name, origin = parsed
+        if origin != self.origin and name in self._by_hint:
             self._wake.set()
 
     # ------------------------------------------------------------ malformed data
