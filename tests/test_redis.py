@@ -896,6 +896,30 @@ async def test_a_long_names_trip_travels_by_hint_and_is_not_malformed(
         assert sa.statistics().malformed == sb.statistics().malformed == 0
 
 
+async def test_a_stalled_redis_at_start_barely_delays_entering_the_block(
+    redis_server: RedisServer,
+) -> None:
+    """With the server stopped (SIGSTOP) before the block, entering it waits at most
+    entry_wait (0.25 s), not the 5 s sync time-out of sync_interval=2; breakers
+    decide locally meanwhile."""
+    redis_server.pause()
+    breaker = CircuitBreaker("db", failure_threshold=1)
+    try:
+        with trio.fail_after(20):
+            start = trio.current_time()
+            async with open_shared_state(
+                redis_server.url, breaker, prefix=fresh(), sync_interval=2.0
+            ) as shared:
+                entered = trio.current_time() - start
+                assert not shared.statistics().connected
+                assert await breaker.call(trio.sleep, 0) is None
+                await trip(breaker)
+                assert breaker.state is CircuitState.OPEN
+            assert entered < 1.0  # 0.25 s and a loaded machine's slack
+    finally:
+        redis_server.resume()
+
+
 async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
     shared_server: RedisServer,
 ) -> None:

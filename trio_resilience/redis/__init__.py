@@ -142,7 +142,10 @@ async def open_shared_state(
     try:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(state.run)
+                # The first sync loads the shared state before the body runs, but a
+                # stalled Redis never holds up the entry for longer than entry_wait.
+                nursery.start_soon(state.run)
+                await state.wait_started()
                 try:
                     yield state
                 except BaseException as exc:

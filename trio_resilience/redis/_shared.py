@@ -161,6 +161,7 @@ class SharedState:
         self._leases = itertools.count()
         self._releases: dict[tuple[str, str], int] = {}  # (breaker, lease) -> sends left
         self._wake = trio.Event()
+        self._started = trio.Event()
         self._last_sync_at = -math.inf
         self._connected = False
         self._closing = False
@@ -384,6 +385,7 @@ class SharedState:
         def start() -> None:
             if not started[0]:
                 started[0] = True
+                self._started.set()
                 task_status.started()
 
         if self.url is None:
@@ -474,6 +476,17 @@ class SharedState:
 
     #: The longest the block's exit waits to send what is still unsent.
     exit_flush = 0.5
+    #: The longest entering the block waits for the first sync (a stalled Redis).
+    entry_wait = 0.25
+
+    async def wait_started(self) -> None:
+        """Wait until the first sync is made or failed, for at most :attr:`entry_wait`
+        (then the policies go on locally until the sync ends).
+
+        **Cancellation**: a plain wait; cancelling it changes nothing.
+        """
+        with trio.move_on_after(self.entry_wait):
+            await self._started.wait()
 
     async def _flush(self) -> None:
         """One last sync when trips, closes or releases are still unsent, then the
