@@ -253,6 +253,39 @@ async def test_hints_of_long_names_carry_a_digest_that_fits() -> None:
     assert receiver.statistics().malformed == 0
 
 
+async def test_a_trip_answered_by_an_error_reply_is_sent_again() -> None:
+    """A sync whose script answered an error (it may have stopped before recording the
+    trip) keeps the trip pending; the next valid reply marks it sent."""
+    breaker = CircuitBreaker("db", failure_threshold=1, recovery_timeout=30)
+    shared = state(breaker)
+    shared._attach()
+    answers: list[Any] = [coredis.exceptions.ResponseError("script error"), None]
+
+    async def pipeline(client: Any, commands: Any) -> list[Any]:
+        answer = answers.pop(0)
+        return [answer if answer is not None else [8, *reply(version=1, changed=0)]]
+
+    async def fail() -> None:
+        raise ZeroDivisionError
+
+    shared._pipeline = pipeline
+    shared._client = object()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            await breaker.call(fail)
+        entry = shared._shared["db"]
+        assert entry.event is not None
+        await shared._sync()
+        assert entry.event is not None  # not delivered: goes again
+        assert shared.statistics().published == 0
+        assert shared.statistics().malformed == 1
+        await shared._sync()
+        assert entry.event is None
+        assert shared.statistics().published == 1
+    finally:
+        shared._detach()
+
+
 def test_describe_survives_a_raising_repr() -> None:
     """A value whose repr raises is still described (for the malformed log)."""
 
