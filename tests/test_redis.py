@@ -711,6 +711,259 @@ async def test_the_blocks_own_error_and_cancellation_come_out_as_themselves(
             assert scope.cancelled_caught
 
 
+async def server_us(client: Any) -> int:
+    """The server's clock in microseconds (coredis's time() drops the fraction)."""
+    t = await client.execute_command(
+        client.create_request(b"TIME", callback=coredis.response._callbacks.NoopCallback())
+    )
+    return int(t[0]) * 1_000_000 + int(t[1])
+
+
+async def test_a_foreign_count_lua_would_parse_never_loses_another_breakers_trip(
+    shared_server: RedisServer,
+) -> None:
+    """Counts like "5.0", "0x10" or " 7" in the current bucket (HINCRBY refuses them)
+    are replaced and counted malformed; the trip of another breaker in the same sync
+    and the budget counts still arrive."""
+    prefix = fresh()
+    client = raw(shared_server)
+    sick = CircuitBreaker("aa", failure_threshold=3, failure_window=10)
+    tripper = CircuitBreaker("zz", failure_threshold=1, failure_window=10)
+    peer = CircuitBreaker("zz", failure_threshold=1, failure_window=10)
+    rich = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10, name="api")
+    poor = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10, name="api")
+    async with client:
+        bucket = await server_us(client) // 1_000_000  # width: a tenth of 10 s
+        garbage = ("5.0", "0x10", " 7", "1e3")
+        for i, value in enumerate(garbage):  # whichever bucket is current at the sync
+            await client.hset(f"{{{prefix}:aa}}:counts:10000", {f"f:{bucket + i}": value})
+            await client.hset(f"{{{prefix}:budget:api}}:10000", {f"d:{bucket + i}": value})
+        async with (
+            open_shared_state(
+                shared_server.url,
+                sick,
+                tripper,
+                retry_budgets=[rich],
+                prefix=prefix,
+                share_counts=True,
+                trip_quorum=1,
+            ) as shared,
+            open_shared_state(
+                shared_server.url,
+                peer,
+                retry_budgets=[poor],
+                prefix=prefix,
+                share_counts=True,
+                trip_quorum=1,
+            ),
+        ):
+            await trip(sick, 1)  # a new failure: an HINCRBY on the garbage field
+            for _ in range(5):
+                rich.deposit()
+            await trip(tripper)
+            await wait_for(lambda: peer.state is CircuitState.OPEN)
+            await wait_for(poor.try_withdraw)
+            assert shared.statistics().published == 1
+            assert shared.statistics().malformed >= 1
+        counts = await client.hgetall(f"{{{prefix}:aa}}:counts:10000")
+        assert not set(counts.values()) & set(garbage)
+
+
+async def test_foreign_members_of_the_origins_set_never_make_a_quorum(
+    shared_server: RedisServer,
+) -> None:
+    """An origin scored in the future (+inf) or not shaped like an origin id is removed
+    and counted malformed: one failing process alone never opens the others."""
+    prefix = fresh()
+    client = raw(shared_server)
+    a = CircuitBreaker("db", failure_threshold=5, failure_window=10)
+    b = CircuitBreaker("db", failure_threshold=3, failure_window=10)
+    key = f"{{{prefix}:db}}:origins:10000"
+    async with client:
+        now_us = await server_us(client)
+        await client.zadd(key, {"garbage": math.inf, "1-abc": now_us + 3e9, "x|y": now_us})
+        async with (
+            open_shared_state(shared_server.url, a, prefix=prefix, share_counts=True) as sa,
+            open_shared_state(shared_server.url, b, prefix=prefix, share_counts=True) as sb,
+        ):
+            await trip(a, 3)
+            await wait_for(lambda: sa.statistics().malformed + sb.statistics().malformed >= 1)
+            syncs = sb.statistics().syncs
+            await wait_for(lambda: sb.statistics().syncs >= syncs + 2)
+            assert b.state is CircuitState.CLOSED
+            assert a.state is CircuitState.CLOSED
+        assert await client.zmscore(key, ["garbage", "1-abc", "x|y"]) == (None, None, None)
+
+
+async def test_counts_beyond_what_a_bucket_could_hold_are_refused(
+    shared_server: RedisServer,
+) -> None:
+    """A planted 10**11-odd first attempts (or failures) in a one-second bucket is more
+    than a million a second: it is dropped and counted malformed, so the budget still
+    caps retries and the breaker does not trip on it."""
+    prefix = fresh()
+    client = raw(shared_server)
+    budget = RetryBudget(ratio=0.1, min_retries_per_second=0.0, window=10, name="api")
+    breaker = CircuitBreaker("db", failure_threshold=5, failure_window=10)
+    async with client:
+        bucket = await server_us(client) // 1_000_000  # width: a tenth of 10 s
+        for i in range(-1, 3):  # whichever bucket is current at the sync
+            await client.hset(f"{{{prefix}:budget:api}}:10000", {f"d:{bucket + i}": "10" * 6})
+            await client.hset(f"{{{prefix}:db}}:counts:10000", {f"f:{bucket + i}": "10" * 6})
+        async with open_shared_state(
+            shared_server.url,
+            breaker,
+            retry_budgets=[budget],
+            prefix=prefix,
+            share_counts=True,
+            trip_quorum=1,
+        ) as shared:
+            await trip(breaker, 1)  # this process is a failing origin
+            await wait_for(lambda: shared.statistics().malformed >= 2)
+            syncs = shared.statistics().syncs
+            await wait_for(lambda: shared.statistics().syncs >= syncs + 2)
+            assert breaker.state is CircuitState.CLOSED
+            assert not budget.try_withdraw()
+        assert not await client.hvals(f"{{{prefix}:budget:api}}:10000")
+
+
+async def test_a_finished_probe_frees_its_lease_for_the_next_probe_at_once(
+    shared_server: RedisServer,
+) -> None:
+    """With one probe at a time and a slow sync, probes in a row are each admitted:
+    the last probe's lease is released with the next acquisition, not the next sync."""
+    from trio_resilience.testing import set_breaker_state
+
+    breaker = CircuitBreaker("db", half_open_max_calls=1, success_threshold=3)
+    async with open_shared_state(
+        shared_server.url, breaker, prefix=fresh(), sync_interval=30, permit_timeout=1
+    ) as shared:
+        await wait_for(lambda: shared.statistics().syncs >= 1)
+        set_breaker_state(breaker, "half_open")
+        for _ in range(3):
+            await breaker.call(trio.sleep, 0)  # never CircuitOpenError
+        assert breaker.state is CircuitState.CLOSED
+
+
+async def test_a_block_that_exits_stops_capping_the_clusters_probes(
+    shared_server: RedisServer,
+) -> None:
+    """A sharer with half_open_max_calls=1 caps the cluster's probes while its block
+    runs; once it exits cleanly the others run their own limit at once."""
+    from trio_resilience.testing import set_breaker_state
+
+    prefix = fresh()
+    strict = CircuitBreaker("db", half_open_max_calls=1)
+    loose = CircuitBreaker("db", half_open_max_calls=3)
+    async with open_shared_state(
+        shared_server.url, loose, prefix=prefix, permit_timeout=1, permit_lease=60
+    ) as shared:
+        set_breaker_state(loose, "half_open")
+        async with open_shared_state(shared_server.url, strict, prefix=prefix) as other:
+            await wait_for(lambda: other.statistics().syncs >= 1)
+            lease = await shared.acquire(loose)
+            assert isinstance(lease, str)
+            assert await shared.acquire(loose) is False  # the cluster's limit is 1
+            shared.release(loose, lease)
+        leases = [await shared.acquire(loose) for _ in range(3)]
+        assert all(isinstance(lease, str) for lease in leases)
+        assert await shared.acquire(loose) is False
+        for lease in leases:
+            assert isinstance(lease, str)
+            shared.release(loose, lease)
+
+
+async def test_a_long_names_trip_travels_by_hint_and_is_not_malformed(
+    shared_server: RedisServer,
+) -> None:
+    """A 604-character name (escaping makes it longer) still fits the hints the library
+    reads: the trip arrives by hint, long before the next sync, and nobody counts it
+    malformed."""
+    prefix = fresh()
+    name = "svc:" * 100 + "é" * 204
+    a = CircuitBreaker(name, failure_threshold=1)
+    b = CircuitBreaker(name, failure_threshold=1)
+    common: dict[str, Any] = {"prefix": prefix, "sync_interval": 30.0, "trip_quorum": 1}
+    async with (
+        open_shared_state(shared_server.url, a, **common) as sa,
+        open_shared_state(shared_server.url, b, **common) as sb,
+    ):
+        await wait_for(lambda: sa.statistics().subscribed and sb.statistics().subscribed)
+        await wait_for(lambda: sa.statistics().syncs >= 1 and sb.statistics().syncs >= 1)
+        await trio.sleep(0.1)  # the subscription is confirmed on the server side
+        await trip(a)
+        await wait_for(lambda: b.state is CircuitState.OPEN, limit=3.0)
+        assert sa.statistics().malformed == sb.statistics().malformed == 0
+
+
+async def test_a_stalled_redis_at_start_barely_delays_entering_the_block(
+    redis_server: RedisServer,
+) -> None:
+    """With the server stopped (SIGSTOP) before the block, entering it waits at most
+    entry_wait (0.25 s), not the 5 s sync time-out of sync_interval=2; breakers
+    decide locally meanwhile."""
+    redis_server.pause()
+    breaker = CircuitBreaker("db", failure_threshold=1)
+    try:
+        with trio.fail_after(20):
+            start = trio.current_time()
+            async with open_shared_state(
+                redis_server.url, breaker, prefix=fresh(), sync_interval=2.0
+            ) as shared:
+                entered = trio.current_time() - start
+                assert not shared.statistics().connected
+                assert await breaker.call(trio.sleep, 0) is None
+                await trip(breaker)
+                assert breaker.state is CircuitState.OPEN
+            assert entered < 1.0  # 0.25 s and a loaded machine's slack
+    finally:
+        redis_server.resume()
+
+
+async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
+    shared_server: RedisServer,
+) -> None:
+    """A group the body raises is not wrapped in the block's nursery group, with a URL,
+    a client passed in, or Redis down."""
+    client = coredis.Redis("127.0.0.1", shared_server.port)
+    async with client:
+        for target in (shared_server.url, client, f"redis://127.0.0.1:{free_port()}/0"):
+            error = ExceptionGroup("mine", [KeyError("a"), Boom()])
+            with pytest.raises(ExceptionGroup) as info:
+                async with open_shared_state(target, CircuitBreaker("db"), prefix=fresh()):
+                    await trio.sleep(0.05)
+                    raise error
+            assert info.value is error
+
+
+async def test_cancelling_nested_blocks_from_outside_raises_nothing(
+    shared_server: RedisServer,
+) -> None:
+    """A cancel scope around two nested blocks (or one whose body cleans up shielded)
+    absorbs the cancellation: the client's teardown errors never leak out of it."""
+    prefix = fresh()
+    for trial in range(8):
+        with trio.move_on_after(0.1 + trial % 4 * 0.02) as scope:
+            async with (
+                open_shared_state(shared_server.url, CircuitBreaker("db"), prefix=prefix),
+                open_shared_state(shared_server.url, CircuitBreaker("db"), prefix=prefix),
+            ):
+                await trio.sleep(10)
+        assert scope.cancelled_caught
+    for trial in range(4):
+        with trio.move_on_after(0.1 + trial * 0.02) as scope:
+            breaker = CircuitBreaker("db")
+            async with open_shared_state(
+                shared_server.url, breaker, prefix=prefix, sync_interval=0.05
+            ):
+                try:
+                    await trio.sleep(10)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await trio.sleep(0.05)
+        assert scope.cancelled_caught
+
+
 async def test_password_urls_work(redis_server: RedisServer) -> None:
     """A redis:// URL with a password reaches a server that requires one; a wrong one
     degrades to local decisions."""

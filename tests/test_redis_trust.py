@@ -11,7 +11,7 @@ import trio
 coredis = pytest.importorskip("coredis")
 
 from trio_resilience import CircuitBreaker, CircuitState, RetryBudget  # noqa: E402
-from trio_resilience.redis import SharedState, _errors, _trust, escape  # noqa: E402
+from trio_resilience.redis import SharedState, _errors, _keys, _trust, escape  # noqa: E402
 from trio_resilience.redis._keys import BreakerKeys, budget_key, channel, limiter_key  # noqa: E402
 
 
@@ -236,6 +236,54 @@ async def test_hints_wake_the_sync_only_for_shared_breakers_of_others() -> None:
     shared._hint("not a dict")
     shared._hint({"data": b"\x00" * 10_000})
     assert shared.statistics().malformed == 2
+
+
+async def test_hints_of_long_names_carry_a_digest_that_fits() -> None:
+    """A name whose escaped form passes 256 bytes is hinted by digest: the hint the
+    library sends parses (it fits the 512-byte cap) and wakes the other sharer."""
+    name = "a:" * 300
+    sender, receiver = state(CircuitBreaker(name)), state(CircuitBreaker(name))
+    entry = sender._shared[name]
+    message = entry.hint + sender.origin
+    assert len(message.encode()) <= _trust.MAX_MESSAGE
+    assert _keys.hint_name(escape(name)).startswith("%h")
+    assert _keys.hint_name("db%3Ax") == "db%3Ax"  # short names go as they are
+    receiver._hint({"data": message.encode()})
+    assert receiver._wake.is_set()
+    assert receiver.statistics().malformed == 0
+
+
+async def test_a_trip_answered_by_an_error_reply_is_sent_again() -> None:
+    """A sync whose script answered an error (it may have stopped before recording the
+    trip) keeps the trip pending; the next valid reply marks it sent."""
+    breaker = CircuitBreaker("db", failure_threshold=1, recovery_timeout=30)
+    shared = state(breaker)
+    shared._attach()
+    answers: list[Any] = [coredis.exceptions.ResponseError("script error"), None]
+
+    async def pipeline(client: Any, commands: Any) -> list[Any]:
+        answer = answers.pop(0)
+        return [answer if answer is not None else [8, *reply(version=1, changed=0)]]
+
+    async def fail() -> None:
+        raise ZeroDivisionError
+
+    shared._pipeline = pipeline
+    shared._client = object()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            await breaker.call(fail)
+        entry = shared._shared["db"]
+        assert entry.event is not None
+        await shared._sync()
+        assert entry.event is not None  # not delivered: goes again
+        assert shared.statistics().published == 0
+        assert shared.statistics().malformed == 1
+        await shared._sync()
+        assert entry.event is None
+        assert shared.statistics().published == 1
+    finally:
+        shared._detach()
 
 
 def test_describe_survives_a_raising_repr() -> None:

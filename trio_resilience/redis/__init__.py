@@ -51,6 +51,18 @@ def _check_named(kind: str, items: Sequence[Any], cls: type) -> tuple[Any, ...]:
     return tuple(items)
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _only_from(group: BaseExceptionGroup[Any], body_error: BaseException) -> bool:
+    """Whether every leaf of ``group`` is a leaf of ``body_error`` or a Cancelled."""
+    own = {id(leaf) for leaf in _leaves(body_error)}
+    return all(id(leaf) in own or isinstance(leaf, trio.Cancelled) for leaf in _leaves(group))
+
+
 @asynccontextmanager
 async def open_shared_state(
     url_or_client: str | Any,
@@ -130,7 +142,10 @@ async def open_shared_state(
     try:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(state.run)
+                # The first sync loads the shared state before the body runs, but a
+                # stalled Redis never holds up the entry for longer than entry_wait.
+                nursery.start_soon(state.run)
+                await state.wait_started()
                 try:
                     yield state
                 except BaseException as exc:
@@ -143,8 +158,9 @@ async def open_shared_state(
                     state._closing = True
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # The block's own error comes out as itself, not wrapped by our nursery.
-            if body_error is None or list(group.exceptions) != [body_error]:
+            # The block's own error comes out as itself, not wrapped by our nursery
+            # (which may hold a copy of a group the body raised, and Cancelleds).
+            if body_error is None or not _only_from(group, body_error):
                 raise
         if body_error is not None:
             raise body_error

@@ -51,6 +51,19 @@ def only_errors(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
+def without_errors(exc: BaseException) -> BaseException | None:
+    """``exc`` without its ``Exception`` leaves (a Cancelled, or a group of them), or None.
+
+    A client torn down by a cancellation may raise its own errors next to the
+    Cancelled; only the Cancelled may go on, so that the cancel scope absorbs it.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(
+            lambda e: not isinstance(e, Exception | BaseExceptionGroup)  # leaves only
+        )
+    return None if isinstance(exc, Exception) else exc
+
+
 def describe(value: Any) -> str:
     """``repr(value)`` cut at 200 characters, even when that ``repr`` raises."""
     try:

@@ -11,12 +11,28 @@ budget, share a key, and every key of one breaker maps to one Redis Cluster slot
 
 from __future__ import annotations
 
+import hashlib
+
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A", "|": "%7C"})
 
 
 def escape(text: str) -> str:
     """``text`` with ``%``, ``{``, ``}``, ``:`` and ``|`` percent-encoded (injective)."""
     return text.translate(_ESCAPES)
+
+
+#: Escaped names longer than this (in UTF-8 bytes) go into hints as a digest.
+HINT_NAME_BYTES = 256
+
+
+def hint_name(escaped: str) -> str:
+    """How hints name a breaker: its escaped name, or ``%h`` and a SHA-1 digest of it
+    when longer than :data:`HINT_NAME_BYTES` (``%h`` never occurs in an escaped name),
+    so that every hint the library sends fits the size hints are read at."""
+    data = escaped.encode("utf-8", "surrogatepass")
+    if len(data) <= HINT_NAME_BYTES:
+        return escaped
+    return "%h" + hashlib.sha1(data).hexdigest()
 
 
 class BreakerKeys:

@@ -3,6 +3,10 @@
 Every script first replaces keys of a wrong type and fields it cannot parse (counting
 them in the reply's ``bad``), so garbage written under a key never blocks sharing.
 Numbers go out as integers (microseconds): Lua numbers become Redis integers.
+
+A count bucket ``width`` microseconds wide holds at most ``width`` events (a million
+a second under one name, cluster-wide): a stored count beyond that is foreign and is
+dropped, so a planted huge count never lifts a budget's cap or masks a failure rate.
 """
 
 from __future__ import annotations
@@ -31,10 +35,24 @@ local function capped(key, limit)
     bad = bad + 1
   end
 end
+-- Only what Redis itself writes for an integer: no '5.0', '0x10', ' 7', '+7', '07', '1e3'
+-- (Lua's tonumber takes them all, HINCRBY on them fails and would abort the script).
 local function integer(v, low, high)
+  if type(v) ~= 'string' or #v > 16 then return nil end
+  if v ~= '0' and not string.match(v, '^%-?[1-9]%d*$') then return nil end
   local n = tonumber(v)
-  if n == nil or n ~= n or n < low or n > high or n ~= math.floor(n) then return nil end
+  if n == nil or n < low or n > high then return nil end
   return n
+end
+-- HINCRBY that never fails on a value it cannot add to: the field is replaced.
+local function incr(key, field, by)
+  local r = redis.pcall('HINCRBY', key, field, fmt(by))
+  if type(r) == 'table' and r.err then
+    redis.call('HDEL', key, field)
+    bad = bad + 1
+    return redis.call('HINCRBY', key, field, fmt(by))
+  end
+  return r
 end
 """
 
@@ -112,7 +130,7 @@ local function sync_one(K, A)
     for i = 1, #all, 2 do
       local kind, b = string.match(all[i], '^([fc]):(%d+)$')
       b = tonumber(b)
-      local v = integer(all[i + 1], 0, 1e12)
+      local v = integer(all[i + 1], 0, width)
       if kind == nil or b == nil or v == nil or b > current then
         redis.call('HDEL', K[5], all[i])
         bad = bad + 1
@@ -127,10 +145,10 @@ local function sync_one(K, A)
     local df = tonumber(A[13])
     local dc = tonumber(A[14])
     if df > 0 then
-      redis.call('HINCRBY', K[5], 'f:' .. fmt(current), df)
+      incr(K[5], 'f:' .. fmt(current), df)
       safe('ZADD', K[6], fmt(now), origin)
     end
-    if dc > 0 then redis.call('HINCRBY', K[5], 'c:' .. fmt(current), dc) end
+    if dc > 0 then incr(K[5], 'c:' .. fmt(current), dc) end
     if df > 0 or dc > 0 then
       redis.call('PEXPIRE', K[5], math.floor(window / 500) + 1000)
       redis.call('PEXPIRE', K[6], math.floor(window / 500) + 1000)
@@ -143,7 +161,23 @@ local function sync_one(K, A)
       local since = now - window
       if closed > since then since = closed end
       safe('ZREMRANGEBYSCORE', K[6], '-inf', fmt(now - window))
-      co = redis.call('ZCOUNT', K[6], '(' .. fmt(since), '+inf')
+      if redis.call('ZCARD', K[6]) > 10000 then
+        redis.call('DEL', K[6])
+        bad = bad + 1
+      end
+      -- Every sharer scores its origin with this server's clock: a member scored in
+      -- the future, or not shaped like an origin id, is foreign and never counts.
+      bad = bad + redis.call('ZREMRANGEBYSCORE', K[6], '(' .. fmt(now), '+inf')
+      local members = redis.call('ZRANGEBYSCORE', K[6], '(' .. fmt(since), fmt(now),
+        'LIMIT', 0, 1000)
+      for _, m in ipairs(members) do
+        if #m <= 200 and string.match(m, '^%d+%-%x+$') then
+          co = co + 1
+        else
+          redis.call('ZREM', K[6], m)
+          bad = bad + 1
+        end
+      end
     end
   end
   local changed = 0
@@ -178,7 +212,12 @@ for g = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[ai])
   local A = {}
   for j = 1, n do A[j] = ARGV[ai + j] end
-  local out = sync_one(K, A)
+  -- One breaker's failure (a script error) never aborts the others' syncs.
+  local ok, out = pcall(sync_one, K, A)
+  if not ok then
+    if type(out) == 'table' then out = out.err end
+    out = {'error: ' .. tostring(out)}
+  end
   table.insert(result, #out)
   for _, v in ipairs(out) do table.insert(result, v) end
   ki = ki + 6
@@ -189,10 +228,12 @@ return result
 )
 
 # KEYS: probes, sharers. ARGV: 1 half_open_max_calls, 2 lease us, 3 lease id,
-# 4 longest liveness us. Reply: granted (1/0), the cluster's limit, bad.
+# 4 longest liveness us, 5.. this process's finished leases, released first.
+# Reply: granted (1/0), the cluster's limit, bad.
 ACQUIRE = (
     _PRELUDE
     + """
+for i = 5, #ARGV do safe('ZREM', KEYS[1], ARGV[i]) end
 safe('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -230,7 +271,7 @@ local all = safe('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local kind, b = string.match(all[i], '^([dw]):(%d+)$')
   b = tonumber(b)
-  local v = integer(all[i + 1], -1e12, 1e12)
+  local v = integer(all[i + 1], -width, width)
   if kind == nil or b == nil or v == nil or b > current then
     redis.call('HDEL', KEYS[1], all[i])
     bad = bad + 1
@@ -244,8 +285,8 @@ for i = 1, #all, 2 do
 end
 local dd = tonumber(ARGV[3])
 local dw = tonumber(ARGV[4])
-if dd ~= 0 then redis.call('HINCRBY', KEYS[1], 'd:' .. fmt(current), dd) end
-if dw ~= 0 then redis.call('HINCRBY', KEYS[1], 'w:' .. fmt(current), dw) end
+if dd ~= 0 then incr(KEYS[1], 'd:' .. fmt(current), dd) end
+if dw ~= 0 then incr(KEYS[1], 'w:' .. fmt(current), dw) end
 if dd ~= 0 or dw ~= 0 then redis.call('PEXPIRE', KEYS[1], math.floor(window / 500) + 1000) end
 return {now, dep + dd, wd + dw, bad}
 """

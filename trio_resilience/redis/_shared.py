@@ -27,7 +27,7 @@ from .._log import get_logger
 from .._ratelimit import RateLimiter
 from .._retry_budget import RetryBudget
 from . import _keys, _lua, _trust
-from ._errors import describe, is_down, only_errors
+from ._errors import describe, is_down, only_errors, without_errors
 
 REDIS_DEGRADED = "trio_resilience.redis.degraded"
 REDIS_RECOVERED = "trio_resilience.redis.recovered"
@@ -79,6 +79,8 @@ class _Shared:
         "escaped",
         "event",
         "heartbeat_at",
+        "heartbeat_member",
+        "hint",
         "keys",
         "offset",
         "opened_at",
@@ -92,6 +94,7 @@ class _Shared:
         self.breaker = breaker
         self.port = breaker.sharing
         self.escaped = _keys.escape(breaker.name)
+        self.hint = f"v2|{_keys.hint_name(self.escaped)}|"  # then the origin
         self.keys = _keys.BreakerKeys(prefix, breaker.name, _ms(breaker.failure_window))
         self.version = "-1"  # never seen: the first sync reads everything
         self.closed_seen = -1
@@ -102,6 +105,7 @@ class _Shared:
         self.rtt = math.inf
         self.rtt_at = -math.inf
         self.heartbeat_at = -math.inf  # Trio time of the last heartbeat sent
+        self.heartbeat_member: str | None = None  # removed when the block exits
 
 
 def _ms(seconds: float) -> int:
@@ -141,10 +145,11 @@ class SharedState:
         self.permit_lease = permit_lease
         self.trip_quorum = trip_quorum
         self._logger = get_logger(logger)
+        # The sync script counts only origins of this shape (digits, '-', hex).
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.channel = _keys.channel(prefix)
         self._shared = {b.name: _Shared(b, prefix) for b in breakers}
-        self._by_escaped = {s.escaped: s for s in self._shared.values()}
+        self._by_hint = {_keys.hint_name(s.escaped): s for s in self._shared.values()}
         self.retry_budgets = retry_budgets
         self.rate_limiters = rate_limiters
         self._budget_unsent: dict[str, tuple[int, int]] = {b.name: (0, 0) for b in retry_budgets}
@@ -156,6 +161,7 @@ class SharedState:
         self._leases = itertools.count()
         self._releases: dict[tuple[str, str], int] = {}  # (breaker, lease) -> sends left
         self._wake = trio.Event()
+        self._started = trio.Event()
         self._last_sync_at = -math.inf
         self._connected = False
         self._closing = False
@@ -248,6 +254,9 @@ class SharedState:
             return None
         lease = f"{self.origin}:{next(self._leases)}"
         granted = False
+        # This breaker's finished probes give their leases back first: the next probe
+        # of this process never waits for a sync to free the last one's lease.
+        releasing = self._releases_of(breaker.name)
         try:
             with trio.move_on_after(self._permit_wait):
                 self._round_trips += 1
@@ -259,8 +268,10 @@ class SharedState:
                         _us(self.permit_lease),
                         lease,
                         _LIVENESS_HORIZON_US,
+                        *releasing,
                     ],
                 )
+                self._released(breaker.name, releasing)
                 items = _trust.reply_list(reply, 3, 3)
                 ok = items and _trust.integer(items[0], 0, 1)
                 if items is None or ok is None or _trust.integer(items[2]) is None:
@@ -279,8 +290,30 @@ class SharedState:
                 self._post_release(breaker.name, lease, 3)
 
     def release(self, breaker: CircuitBreaker, lease: str) -> None:
-        """Give a probe permit back (with the next sync; it expires anyway)."""
+        """Give a probe permit back (with the next acquisition or the sync it starts;
+        it expires anyway)."""
         self._post_release(breaker.name, lease, 1)
+        self._wake.set()
+
+    def _releases_of(self, name: str) -> list[str]:
+        """Up to 32 leases of breaker ``name`` waiting to be released."""
+        found: list[str] = []
+        for breaker, lease in self._releases:
+            if breaker == name:
+                found.append(lease)
+                if len(found) == 32:
+                    break
+        return found
+
+    def _released(self, name: str, leases: list[str]) -> None:
+        """``leases`` reached the server: one send fewer left for each."""
+        releases = self._releases
+        for lease in leases:
+            left = releases.get((name, lease))
+            if left is not None and left <= 1:
+                del releases[(name, lease)]
+            elif left is not None:
+                releases[(name, lease)] = left - 1
 
     def _post_release(self, name: str, lease: str, sends: int) -> None:
         releases = self._releases
@@ -352,15 +385,20 @@ class SharedState:
         def start() -> None:
             if not started[0]:
                 started[0] = True
+                self._started.set()
                 task_status.started()
 
         if self.url is None:
             try:
                 await self._serve(start)
-            except BaseException:
+            except BaseException as exc:
                 if self._closing:
                     return  # the client's teardown noise while the block exits
-                raise
+                if only_errors(exc):  # never expected: the tasks catch their errors
+                    self._down(exc)
+                    start()
+                    return
+                _raise_cancellation(exc)
             return
         delays = _RECONNECT.delays()
         while True:
@@ -379,8 +417,8 @@ class SharedState:
                 self._client = None
                 if self._closing:
                     return
-                if isinstance(exc, trio.Cancelled) or not only_errors(exc):
-                    raise
+                if not only_errors(exc):
+                    _raise_cancellation(exc)
                 self._down(exc)
             start()
             await trio.sleep(next(delays))
@@ -438,17 +476,47 @@ class SharedState:
 
     #: The longest the block's exit waits to send what is still unsent.
     exit_flush = 0.5
+    #: The longest entering the block waits for the first sync (a stalled Redis).
+    entry_wait = 0.25
+
+    async def wait_started(self) -> None:
+        """Wait until the first sync is made or failed, for at most :attr:`entry_wait`
+        (then the policies go on locally until the sync ends).
+
+        **Cancellation**: a plain wait; cancelling it changes nothing.
+        """
+        with trio.move_on_after(self.entry_wait):
+            await self._started.wait()
 
     async def _flush(self) -> None:
-        """One last sync when trips, closes or releases are still unsent (and Redis up)."""
-        pending = self._releases or any(s.event for s in self._shared.values())
-        if not (pending and self._connected and self._client is not None):
+        """One last sync when trips, closes or releases are still unsent, then the
+        heartbeats are withdrawn (when Redis is up): the block leaves the cluster."""
+        client = self._client
+        if not (self._connected and client is not None):
             return
+        pending = self._releases or any(s.event for s in self._shared.values())
         try:
-            await self._sync()
+            if pending:
+                await self._sync()
+            await self._leave(client)
         except Exception as exc:
             if not is_down(exc):
                 self._bad("sync", exc)
+
+    async def _leave(self, client: Any) -> None:
+        """Remove this block's heartbeats: its ``half_open_max_calls`` stops capping
+        the cluster's probes now, not when the heartbeat would have expired."""
+        gone = [(s.keys.sharers, s.heartbeat_member) for s in self._shared.values()]
+        gone = [(key, member) for key, member in gone if member is not None]
+        if not gone:
+            return
+        self._round_trips += 1
+        async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            for key, member in gone:
+                pipe.zrem(key, [member])
+        for shared in self._shared.values():
+            shared.heartbeat_member = None
+            shared.heartbeat_at = -math.inf
 
     async def _sync(self) -> None:
         client = self._client
@@ -511,10 +579,12 @@ class SharedState:
             if kind == "breakers":
                 parts = self._split(reply, len(target))
                 for (shared, event), part in zip(target, parts, strict=True):
-                    if event is not None and shared.event is event:
+                    # A trip or close is delivered only with a valid reply (an error
+                    # reply may have stopped the script before it): else sent again.
+                    applied = self._apply_breaker(shared, part, before, after)
+                    if applied and event is not None and shared.event is event:
                         shared.event = None
                         self._published += 1
-                    self._apply_breaker(shared, part, before, after)
             else:
                 self._budget_unsent[target.name] = (0, 0)
                 self._apply_budget(target, reply)
@@ -561,6 +631,7 @@ class SharedState:
         if now - shared.heartbeat_at >= self._alive_us / _US / 3 or now < shared.heartbeat_at:
             heartbeat = self._alive_us
             shared.heartbeat_at = now  # forgotten again if this sync fails
+            shared.heartbeat_member = f"{port.half_open_max_calls}|{self.origin}"
         args: list[Any] = [
             self.origin,
             shared.version,
@@ -570,7 +641,7 @@ class SharedState:
             age,
             open_for,
             self.channel,
-            f"v2|{shared.escaped}|{self.origin}",
+            shared.hint + self.origin,
             "1" if self.share_counts else "0",
             window_us,
             max(1, window_us // 10),
@@ -616,12 +687,13 @@ class SharedState:
 
     # ------------------------------------------------------------ applying replies
 
-    def _apply_breaker(self, shared: _Shared, reply: Any, before: float, after: float) -> None:
+    def _apply_breaker(self, shared: _Shared, reply: Any, before: float, after: float) -> bool:
+        """Apply one breaker's sync reply; False if it was refused as malformed."""
         name = shared.breaker.name
         items = _trust.reply_list(reply, 8)
         if items is None or (len(items) - 8) % 3:
             self._bad(name, reply)
-            return
+            return False
         server_us = _trust.integer(items[0], 1)
         version = _trust.integer(items[1])
         bad = _trust.integer(items[2])
@@ -630,7 +702,7 @@ class SharedState:
         changed = _trust.integer(items[7], 0, 1)
         if None in (server_us, version, bad, closed, failures, calls, origins, changed):
             self._bad(name, reply)
-            return
+            return False
         assert server_us is not None
         assert version is not None
         assert closed is not None
@@ -666,6 +738,7 @@ class SharedState:
             and port.would_trip(failures, calls)
         ):
             port.trip("shared_failures")
+        return True
 
     def _apply_trips(
         self, shared: _Shared, triples: list[Any], server_us: int, offset: float, now: float
@@ -749,8 +822,8 @@ class SharedState:
         if parsed is None:
             self._bad("events", data)
             return
-        escaped, origin = parsed
-        if origin != self.origin and escaped in self._by_escaped:
+        name, origin = parsed
+        if origin != self.origin and name in self._by_hint:
             self._wake.set()
 
     # ------------------------------------------------------------ malformed data
@@ -775,6 +848,15 @@ class SharedState:
                 count=self._malformed_unlogged,
             )
             self._malformed_unlogged = 0
+
+
+def _raise_cancellation(exc: BaseException) -> None:  # called with a non-Exception inside
+    """Re-raise ``exc`` without the errors a cancelled client's teardown added to it."""
+    rest = without_errors(exc)
+    if rest is exc:
+        raise exc
+    if rest is not None:
+        raise rest from exc
 
 
 def _now_or(default: float) -> float:

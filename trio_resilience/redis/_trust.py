@@ -45,7 +45,8 @@ def reply_list(value: Any, minimum: int, maximum: int = 100_000) -> list[Any] | 
 
 
 def hint(data: Any) -> tuple[str, str] | None:
-    """Parse a pub/sub hint ``v2|<escaped name>|<origin>`` into (escaped name, origin)."""
+    """Parse a pub/sub hint ``v2|<name>|<origin>`` into (name, origin); the name is
+    the escaped breaker name or its digest (``_keys.hint_name``)."""
     message = text(data, MAX_MESSAGE)
     if message is None:
         return None
