@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -355,7 +356,8 @@ async def test_on_shed_errors_are_logged_and_never_break_the_channel(
     assert len(failed) == 1
     assert failed[0]["channel"] == "jobs"
     assert failed[0]["error"] == "RuntimeError('callback bug')"
-    assert isinstance(failed[0]["exc_info"], RuntimeError)
+    assert "exc_info" not in failed[0]  # log values are JSON-safe
+    json.dumps(failed[0])
 
 
 async def test_shed_logs_are_rate_limited(
@@ -461,8 +463,8 @@ def test_shed_send_channel_refuses_receive_side_policies() -> None:
     ("args", "kwargs", "error", "message"),
     [
         ((0,), {}, ValueError, r"^max_buffer_size must be >= 1, got 0$"),
-        ((1.5,), {}, TypeError, r"^max_buffer_size must be an int, got 1.5$"),
-        ((float("inf"),), {}, TypeError, r"^max_buffer_size must be an int, got inf$"),
+        ((1.5,), {}, TypeError, r"^max_buffer_size must be an int or math.inf, got 1.5$"),
+        ((float("nan"),), {}, TypeError, r"^max_buffer_size must be an int or math.inf, got nan$"),
         ((1,), {"policy": "drop"}, TypeError, r"^policy must be ProbabilisticShedding"),
         ((1,), {"on_shed": 3}, TypeError, r"^on_shed must be callable or None, got 3$"),
         ((1,), {"name": 3}, TypeError, r"^name must be a str, got 3$"),
