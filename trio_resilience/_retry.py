@@ -235,7 +235,10 @@ class _Run:
                     break
             total = retry.max_total_duration
             if reason is None and (
-                (total is not None and now + delay > self.start + total) or now + delay >= deadline
+                (total is not None and now + delay > self.start + total)
+                or now + delay >= deadline
+                # A wait for busy probes needs time left to wait in: no spin at the end.
+                or (self.wait_busy and total is not None and now + delay >= self.start + total)
             ):
                 reason = "deadline"
             if reason is not None and self.withdrew:
@@ -281,7 +284,7 @@ class _Run:
             )
             note = (
                 f"trio_resilience: Retry {retry.name!r}: delay_hint raised "
-                f"{safe_repr(err)}; the backoff's delay was used"
+                f"{safe_repr(err)}; the backoff's delay was used after attempt {self.attempt}"
             )
             exc.add_note(note)  # on this attempt's error, and later on the final one
             if self.notes is None:
