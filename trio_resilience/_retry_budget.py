@@ -81,7 +81,10 @@ class RetryBudget:
     ``ratio`` is exact: it is kept as the nearest fraction with a denominator up to
     10**9 (``0.1`` is 1/10, ``1/3`` is 1/3), and balances are compared in integers.
 
-    A budget used in a new ``trio.run`` starts with an empty window.
+    A budget used in a new ``trio.run`` starts with an empty window, which the new
+    run's first deposit already counts in. (The first deposit notices the new run by
+    its clock object; a run given the very clock object of an earlier run is noticed
+    at its first withdrawal instead, and its deposits until then are forgotten.)
 
     Args:
         ratio: tokens deposited per first attempt (0.1: one retry per ten calls).
