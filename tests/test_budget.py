@@ -399,22 +399,56 @@ def test_a_huge_window_limit_costs_no_memory_up_front() -> None:
     assert _allocated(lambda: LoopBudget(2**31 - 1)) < 4096
 
 
-async def test_window_memory_is_at_most_8_bytes_per_tick_plus_growth(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("ticks", [64, 65, 1025, 10_000])
+async def test_window_memory_is_at_most_8_bytes_per_tick_plus_slack(
+    autojump_clock: trio.testing.MockClock, ticks: int
 ) -> None:
-    """10,000 ticks in one window hold about 8 bytes each (array of doubles, doubling)."""
+    """n ticks in one window hold at most 8 * (1.08 n + 24) bytes: no capacity doubling."""
     import tracemalloc
 
     with LoopBudget(10**9, window=60.0) as budget:
-        await budget.tick()
+        await budget.tick()  # Trio's own first-use allocations are not the window's
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
-        for _ in range(10_000):
+        for _ in range(ticks - 1):
             await budget.tick()
         grown = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
-        assert budget.statistics().iterations_in_window == 10_001
-    assert grown <= 2 * 8 * 16_384  # the ring's capacity: 16,384 doubles at most
+        assert budget.statistics().iterations_in_window == ticks
+        assert budget._ticks.nbytes <= 8 * (1.08 * ticks + 24)
+    assert grown <= 8 * (1.08 * ticks + 24) + 4096  # + what Trio allocates meanwhile
+
+
+async def test_window_memory_is_freed_when_the_window_empties(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A burst of 5,000 ticks then a quiet window: the tick array holds one tick again."""
+    with LoopBudget(10**6, window=1.0) as budget:
+        for _ in range(5000):
+            await budget.tick()
+        await trio.sleep(1.0)
+        await budget.tick()
+        assert budget._ticks.nbytes <= 8 * 25
+
+
+async def test_a_raising_logger_never_breaks_a_loop_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Throttled and exhausted events with a broken logger: the budget works as usual."""
+
+    class RaisingLogger:
+        def __getattr__(self, name: str) -> Any:
+            def method(*args: Any, **kwargs: Any) -> None:
+                raise RuntimeError("broken logger")
+
+            return method
+
+    with LoopBudget(1, max_iterations=3, logger=RaisingLogger()) as budget:
+        async for _ in budget:
+            pass
+    stats = budget.statistics()
+    assert (stats.iterations, stats.throttled, stats.exhausted_by) == (3, 2, "max_iterations")
+    assert trio.current_time() == pytest.approx(2.0)
 
 
 async def test_window_memory_shrinks_when_ticks_leave_the_window(

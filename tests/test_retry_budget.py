@@ -232,7 +232,7 @@ def test_sync_delta_outside_trio_run_works() -> None:
 
 
 def test_deposits_of_an_earlier_run_never_fund_a_retry() -> None:
-    """Deposits only in run 1 (same clock times in run 2) buy nothing in run 2."""
+    """Deposits only in run 1 (same clock times in run 2) buy nothing in run 2; its own do."""
     budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0)
 
     async def deposit_only() -> None:
@@ -240,9 +240,10 @@ def test_deposits_of_an_earlier_run_never_fund_a_retry() -> None:
             budget.deposit()
 
     async def spend() -> None:
-        budget.deposit()  # made before the run check: forgotten with run 1's (conservative)
-        assert budget.statistics().balance == 0.0
-        assert not budget.try_withdraw()
+        budget.deposit()  # the new run's first deposit starts the window afresh
+        assert budget.statistics().balance == 1.0
+        assert budget.try_withdraw()
+        assert not budget.try_withdraw()  # run 1's five deposits are gone
         budget.deposit()
         assert budget.try_withdraw()  # run 2's later deposits count
 

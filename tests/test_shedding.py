@@ -463,8 +463,8 @@ def test_shed_send_channel_refuses_receive_side_policies() -> None:
     ("args", "kwargs", "error", "message"),
     [
         ((0,), {}, ValueError, r"^max_buffer_size must be >= 1, got 0$"),
-        ((1.5,), {}, TypeError, r"^max_buffer_size must be an int, got 1.5$"),
-        ((float("inf"),), {}, TypeError, r"^max_buffer_size must be an int, got inf$"),
+        ((1.5,), {}, TypeError, r"^max_buffer_size must be an int or math.inf, got 1.5$"),
+        ((float("nan"),), {}, TypeError, r"^max_buffer_size must be an int or math.inf, got nan$"),
         ((1,), {"policy": "drop"}, TypeError, r"^policy must be ProbabilisticShedding"),
         ((1,), {"on_shed": 3}, TypeError, r"^on_shed must be callable or None, got 3$"),
         ((1,), {"name": 3}, TypeError, r"^name must be a str, got 3$"),

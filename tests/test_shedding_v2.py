@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Any
 
@@ -11,6 +12,7 @@ import trio
 import trio.testing
 
 from trio_resilience import (
+    CoDelShedding,
     DropNewest,
     DropOldest,
     LoadShedError,
@@ -237,3 +239,42 @@ def test_async_on_shed_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"^on_shed must be a sync callable"):
         open_shedding_channel(1, on_shed=on_shed)
+
+
+# ------------------------------------------------------------------ review 1
+
+
+@pytest.mark.parametrize(
+    "policy", [ProbabilisticShedding(), DropNewest(), DropOldest(), CoDelShedding()]
+)
+async def test_an_unbounded_shedding_channel_opens_like_trio_s(
+    autojump_clock: trio.testing.MockClock, policy: Any
+) -> None:
+    """open_shedding_channel(math.inf) is unbounded, as trio.open_memory_channel(math.inf)."""
+    send, receive = open_shedding_channel[int](math.inf, policy=policy)
+    for i in range(1000):
+        await send.send(i)
+    stats = send.statistics()
+    assert (stats.sent, stats.shed, stats.current_buffer_used) == (1000, 0, 1000)
+    assert (stats.max_buffer_size, stats.overload_factor, stats.shed_probability) == (
+        math.inf,
+        0.0,
+        0.0,
+    )
+    assert receive.receive_nowait() == 0
+
+
+async def test_a_shed_send_channel_accepts_an_unbounded_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Around trio.open_memory_channel(math.inf) nothing is shed and the figures add up."""
+    raw_send, _raw_receive = trio.open_memory_channel[int](math.inf)
+    send = ShedSendChannel(raw_send)
+    for i in range(100):
+        send.send_nowait(i)
+    stats = send.statistics()
+    assert (stats.sent, stats.shed, stats.current_buffer_used) == (100, 0, 100)
+    assert stats.max_buffer_size == math.inf
+    zero_send, _ = trio.open_memory_channel[int](0)
+    with pytest.raises(ValueError, match=r"^max_buffer_size must be >= 1, got 0$"):
+        ShedSendChannel(zero_send)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,104 +35,95 @@ _current_time = trio.current_time
 _checkpoint = trio.lowlevel.checkpoint
 
 _SEED_BACKOFF = ExponentialBackoff(base=0.01, multiplier=1.5, max_delay=1.0, jitter_factor=0.0)
-_MIN_CAPACITY = 16
+#: Compact the tick array once this many expired ticks, and 1/64 of it, lead it.
+_COMPACT_MIN = 16
+_COMPACT_RATIO = 64
+_EMPTY_ARRAY_SIZE = sys.getsizeof(array("d"))
 
 
 class _TickRing:
-    """Times of the ticks still in the window, oldest first: 8 bytes each (``array('d')``).
+    """Times of the ticks still in the window, oldest first, in one ``array('d')``.
 
-    The capacity grows by doubling up to ``limit`` (``max_iterations_per_window``) as
-    ticks crowd the window and shrinks when they thin out, so memory follows the ticks
-    actually in the window, never the limit. :meth:`expire` drops ticks that left the
-    window; each tick is dropped once, so every operation is O(1) amortized.
+    Memory follows the ticks in the window, never ``limit``
+    (``max_iterations_per_window``): the array holds the ticks in the window plus
+    expired ones not yet compacted away, fewer than ``max(16, len / 64)``; CPython's
+    ``array`` over-allocates at most ``len / 16 + 7`` slots when it grows. So the buffer
+    holds at most ``8 * (1.08 * n + 24)`` bytes for ``n`` ticks in the window, about
+    8.6 bytes per tick (8 bytes is the float64 itself; an exact 8 would need a copy on
+    every tick), and nothing once the window is empty. Every operation is O(1)
+    amortized: each tick is appended once, dropped once, and moved by compactions at
+    most 64 times' worth of ``memmove``.
     """
 
-    __slots__ = ("_buf", "_cap", "_head", "count", "limit")
+    __slots__ = ("_buf", "_head", "count", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._cap = min(limit, _MIN_CAPACITY)
-        self._buf = array("d", bytes(8 * self._cap))
+        self._buf = array("d")
         self._head = 0
         self.count = 0
 
     def oldest(self) -> float:
         return self._buf[self._head]
 
+    def _dropped(self, head: int) -> None:
+        """The ticks before ``head`` left the window: forget them, compact if worth it."""
+        buf = self._buf
+        count = len(buf) - head
+        if count == 0:
+            del buf[:]  # the window is empty: free the buffer
+            head = 0
+        elif head >= _COMPACT_MIN and head * _COMPACT_RATIO >= len(buf):
+            del buf[:head]  # one memmove; the array shrinks its allocation with it
+            head = 0
+        self._head = head
+        self.count = count
+
     def expire(self, now: float, window: float) -> None:
         """Drop the ticks that left the window ending at ``now`` (``t + window <= now``)."""
-        buf, cap = self._buf, self._cap
-        head, count = self._head, self.count
-        while count and buf[head] + window <= now:
+        buf = self._buf
+        head = self._head
+        end = len(buf)
+        while head < end and buf[head] + window <= now:
             head += 1
-            if head == cap:
-                head = 0
-            count -= 1
-        self._head, self.count = head, count
-        if count * 4 < cap and cap > _MIN_CAPACITY:
-            self._resize(max(_MIN_CAPACITY, cap // 2))
+        if head != self._head:
+            self._dropped(head)
 
     def admit(self, now: float, window: float) -> bool:
         """Expire, then add a tick at ``now`` unless the window is full (then False).
 
-        The tick's fast path: one call, no allocation while the capacity suffices.
+        The tick's fast path: one call; the array grows in amortized O(1).
         """
-        count = self.count
         buf = self._buf
-        cap = self._cap
-        head = self._head
-        if count and buf[head] + window <= now:
-            while count and buf[head] + window <= now:  # expiry, inline
+        count = self.count
+        if count:
+            head = self._head
+            if buf[head] + window <= now:
+                end = len(buf)
                 head += 1
-                if head == cap:
-                    head = 0
-                count -= 1
-            self._head = head
-            if count * 4 < cap and cap > _MIN_CAPACITY:
-                self.count = count
-                self._resize(max(_MIN_CAPACITY, cap // 2))
-                buf, cap, head = self._buf, self._cap, 0
+                while head < end and buf[head] + window <= now:  # expiry, inline
+                    head += 1
+                self._dropped(head)
+                count = self.count
         if count == self.limit:
-            self.count = count
             return False
-        if count == cap:
-            self.count = count
-            self._resize(min(self.limit, cap * 2))
-            buf, cap, head = self._buf, self._cap, 0
-        index = head + count
-        if index >= cap:
-            index -= cap
-        buf[index] = now
+        buf.append(now)
         self.count = count + 1
         return True
 
     def drop_oldest(self) -> None:
         """Forget the oldest tick (zero_backoff(): a throttled tick passes at once)."""
-        self._head = self._head + 1 if self._head + 1 < self._cap else 0
-        self.count -= 1
+        self._dropped(self._head + 1)
 
     def append(self, now: float) -> None:
         """Add a tick; the caller ensures ``count < limit`` (after :meth:`expire`)."""
-        if self.count == self._cap:
-            self._resize(min(self.limit, self._cap * 2))
-        index = self._head + self.count
-        if index >= self._cap:
-            index -= self._cap
-        self._buf[index] = now
+        self._buf.append(now)
         self.count += 1
-
-    def _resize(self, capacity: int) -> None:
-        buf, head, count = self._buf, self._head, self.count
-        ordered = array("d", bytes(8 * capacity))
-        for i in range(count):
-            j = head + i
-            ordered[i] = buf[j - self._cap if j >= self._cap else j]
-        self._buf, self._cap, self._head = ordered, capacity, 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the ring's buffer."""
-        return self._cap * 8
+        """Bytes held by the ring's buffer (its allocation, not only the ticks)."""
+        return sys.getsizeof(self._buf) - _EMPTY_ARRAY_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,13 +346,14 @@ class LoopBudget:
         ticks = self._ticks
         if now >= self._last_throttle_log + self.window:
             self._last_throttle_log = now
-            self._logger.info(
-                BUDGET_THROTTLED,
-                budget=self.name,
-                iterations=self._iterations,
-                iterations_in_window=ticks.count,
-                throttled=self._throttled,
-            )
+            with contextlib.suppress(Exception):  # a logger that raises changes nothing
+                self._logger.info(
+                    BUDGET_THROTTLED,
+                    budget=self.name,
+                    iterations=self._iterations,
+                    iterations_in_window=ticks.count,
+                    throttled=self._throttled,
+                )
         delays = self.backoff.delays()
         started = now
         try:
@@ -381,13 +375,14 @@ class LoopBudget:
 
     def _exhaust(self, limit: str) -> None:
         self._exhausted_by = limit
-        self._logger.warning(
-            BUDGET_EXHAUSTED,
-            budget=self.name,
-            limit=limit,
-            iterations=self._iterations,
-            elapsed=_current_time() - self._start,
-        )
+        with contextlib.suppress(Exception):  # a logger that raises changes nothing
+            self._logger.warning(
+                BUDGET_EXHAUSTED,
+                budget=self.name,
+                limit=limit,
+                iterations=self._iterations,
+                elapsed=_current_time() - self._start,
+            )
 
     def __aiter__(self) -> AsyncIterator[int]:
         return _BudgetIterator(self)

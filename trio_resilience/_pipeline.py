@@ -326,19 +326,49 @@ def _breakers_in(policies: tuple[Any, ...]) -> tuple[CircuitBreaker, ...]:
     return tuple(found)
 
 
-def _compose(policies: tuple[Policy, ...]) -> Callable[..., Awaitable[Any]] | None:
+def _compose(
+    policies: tuple[Policy, ...], outer: tuple[CircuitBreaker, ...] = ()
+) -> Callable[..., Awaitable[Any]] | None:
+    """Chain ``policies``; ``outer`` are the breakers a nesting Pipeline puts after them."""
     call: Callable[..., Awaitable[Any]] | None = None
     for i in range(len(policies) - 1, -1, -1):
         policy = policies[i]
-        if isinstance(policy, Retry) and call is not None:
+        if isinstance(policy, Retry) and (call is not None or outer):
             # Retry knows the breakers it wraps, per call: one Retry may serve many
             # pipelines (see Retry: no sleep for a retry a breaker would reject).
-            breakers = _breakers_in(policies[i + 1 :])
+            breakers = _merge(_breakers_in(policies[i + 1 :]), outer)
             if breakers:
-                call = functools.partial(policy._call_within, breakers, call)
+                if call is None:  # the last of a nested Pipeline: the outer tail is fn
+                    call = functools.partial(policy._call_within, breakers)
+                else:
+                    call = functools.partial(policy._call_within, breakers, call)
                 continue
+        elif (
+            type(policy) is Pipeline and (call is not None or outer) and _has_retry(policy.policies)
+        ):
+            # A nested Pipeline's Retries also wrap the breakers after it, out here.
+            inner = _compose(policy.policies, _merge(_breakers_in(policies[i + 1 :]), outer))
+            if inner is not None:
+                call = inner if call is None else functools.partial(inner, call)
+            continue
         call = policy.call if call is None else functools.partial(policy.call, call)
     return call
+
+
+def _merge(
+    first: tuple[CircuitBreaker, ...], second: tuple[CircuitBreaker, ...]
+) -> tuple[CircuitBreaker, ...]:
+    """``first`` then the breakers of ``second`` not already in it."""
+    if not second:
+        return first
+    return first + tuple(b for b in second if all(b is not f for f in first))
+
+
+def _has_retry(policies: tuple[Any, ...]) -> bool:
+    """Whether a Retry is among ``policies`` or inside Pipelines nested in them."""
+    return any(
+        isinstance(p, Retry) or (type(p) is Pipeline and _has_retry(p.policies)) for p in policies
+    )
 
 
 class Pipeline(_Decorates):

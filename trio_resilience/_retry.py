@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType, TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -62,6 +65,19 @@ class _Breaker(Protocol):
 
     def statistics(self) -> Any: ...
 
+    async def wait_ready(self) -> None: ...
+
+
+#: Outside a Pipeline, a retried ``CircuitOpenError`` with ``retry_after`` 0 (half-open,
+#: probes busy) waits at least this long, so a zero backoff never spins on it.
+BUSY_PROBE_FLOOR = 0.01
+
+
+def _log(logger: Any, level: str, event: str, **values: Any) -> None:
+    """Log through ``logger``; a logger that raises changes nothing for the caller."""
+    with contextlib.suppress(Exception):
+        getattr(logger, level)(event, **values)
+
 
 @dataclass(frozen=True, slots=True)
 class RetryStatistics:
@@ -91,6 +107,8 @@ def _open_retry_after(exc: BaseException) -> float | None:
             value = getattr(leaf, "retry_after", 0.0)
             if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
                 value = 0.0
+            if value < 0.0:
+                value = 0.0
             if found is None or value > found:
                 found = float(value)
     return found
@@ -99,7 +117,16 @@ def _open_retry_after(exc: BaseException) -> float | None:
 class _Run:
     """The state of one retried call after its first failure: the one engine."""
 
-    __slots__ = ("attempt", "breakers", "delays", "retry", "start", "withdrew")
+    __slots__ = (
+        "attempt",
+        "breakers",
+        "delays",
+        "notes",
+        "retry",
+        "start",
+        "wait_busy",
+        "withdrew",
+    )
 
     def __init__(self, retry: Retry, start: float, breakers: tuple[_Breaker, ...]) -> None:
         self.retry = retry
@@ -108,6 +135,8 @@ class _Run:
         self.attempt = 1
         self.delays: Iterator[float] | None = None
         self.withdrew = False  # a budget token is held for the coming retry
+        self.wait_busy = False  # after the sleep, wait for the breakers to admit a call
+        self.notes: list[str] | None = None  # delay_hint failures, for the final error
 
     def after_error(self, exc: BaseException) -> float | None:
         """The delay before the next attempt, or None to give up on ``exc`` (noted)."""
@@ -115,8 +144,13 @@ class _Run:
         try:
             retryable = is_retryable(exc, retry._matcher)
         except Exception as err:  # a retry_on predicate raised: do not retry
-            retry._logger.error(
-                CLASSIFY_FAILED, retry=retry.name, predicate="retry_on", error=safe_repr(err)
+            _log(
+                retry._logger,
+                "error",
+                CLASSIFY_FAILED,
+                retry=retry.name,
+                predicate="retry_on",
+                error=safe_repr(err),
             )
             retryable = False
         if not retryable:
@@ -129,7 +163,10 @@ class _Run:
         """The delay before the next attempt; raises RetryError to give up."""
         delay = self._next(None, value)
         if delay is None:
-            raise RetryError(outcome.Value(value), self.attempt)
+            error = RetryError(outcome.Value(value), self.attempt)
+            for note in self.notes or ():
+                error.add_note(note)
+            raise error
         return delay
 
     def _next(self, exc: BaseException | None, value: Any) -> float | None:
@@ -142,79 +179,119 @@ class _Run:
             self.delays = retry.backoff.delays()
         backoff_delay = next(self.delays)
         delay = backoff_delay
-        if exc is not None:
-            if retry.delay_hint is not None:
-                hinted = self._hint(exc)
-                if hinted is not None:
-                    delay = hinted
-            opened = _open_retry_after(exc)
-            if opened is not None:
-                # A rejection waits for the breaker, whatever the hint says: no spin on
-                # busy half-open probes (retry_after 0 still means the backoff delay).
-                floor = backoff_delay if backoff_delay > opened else opened
-                if delay < floor:
-                    delay = floor
-        if ZERO_BACKOFF.get():
-            delay = 0.0
         now = _current_time()
         deadline = _deadline()
         if deadline <= now:
             # The caller's scope is cancelled (or its deadline passed): the sleep below
             # raises Cancelled, which is what the caller must see, not the last error.
             return delay
-        total = retry.max_total_duration
+        breakers = self.breakers
         reason = None
-        for breaker in self.breakers:  # a breaker that would still reject: the first word
+        # First the give-ups that do not depend on the delay, so that delay_hint is
+        # called only when a retry may follow: a forced-open breaker, an empty budget.
+        for breaker in breakers:
             try:
                 retry_after = breaker.statistics().retry_after
             except Exception:  # pragma: no cover - a breaker's statistics never raise
                 continue
-            if retry_after > delay or retry_after == math.inf:  # inf: forced open
+            if retry_after == math.inf:  # forced open: no delay is long enough
                 reason = "circuit_open"
                 break
-        if reason is None and (
-            (total is not None and now + delay > self.start + total) or now + delay >= deadline
-        ):
-            reason = "deadline"
-        if reason is None and retry.budget is not None:
-            if retry.budget.try_withdraw():
+        budget = retry.budget
+        if reason is None and budget is not None:
+            if budget.try_withdraw():
                 self.withdrew = True
             else:
                 retry._budget_refused += 1
                 reason = "budget"
+        if reason is None:
+            if exc is not None:
+                if retry.delay_hint is not None:
+                    hinted = self._hint(exc)
+                    if hinted is not None:
+                        delay = hinted
+                opened = _open_retry_after(exc)
+                if opened is not None:
+                    # A rejection waits for the breaker, whatever the hint says.
+                    floor = backoff_delay if backoff_delay > opened else opened
+                    if opened == 0.0:
+                        # Half-open, probes busy: no spin. In a Pipeline the sleep ends
+                        # with the breakers' wait_ready(); elsewhere a small floor.
+                        if breakers:
+                            self.wait_busy = True
+                        elif floor < BUSY_PROBE_FLOOR:
+                            floor = BUSY_PROBE_FLOOR
+                    if delay < floor:
+                        delay = floor
+            if ZERO_BACKOFF.get():
+                delay = 0.0
+            for breaker in breakers:  # a breaker that would still reject after the sleep
+                try:
+                    retry_after = breaker.statistics().retry_after
+                except Exception:  # pragma: no cover - a breaker's statistics never raise
+                    continue
+                if retry_after > delay:
+                    reason = "circuit_open"
+                    break
+            total = retry.max_total_duration
+            if reason is None and (
+                (total is not None and now + delay > self.start + total)
+                or now + delay >= deadline
+                # A wait for busy probes needs time left to wait in: no spin at the end.
+                or (self.wait_busy and total is not None and now + delay >= self.start + total)
+            ):
+                reason = "deadline"
+            if reason is not None and self.withdrew:
+                self.withdrew = False
+                budget._undo_withdraw()  # type: ignore[union-attr]
         if reason is not None:
+            self.wait_busy = False
             self._give_up(exc, self._what(exc, value), reason if exc is not None else "result")
             return None
-        retry._logger.warning(
+        _log(
+            retry._logger,
+            "warning",
             RETRY_SCHEDULED,
             retry=retry.name,
             attempt=self.attempt,
             delay=delay,
             error=self._what(exc, value),
         )
-        self.attempt += 1
-        retry._retries += 1
         return delay
 
     def _hint(self, exc: BaseException) -> float | None:
         """``delay_hint(exc)`` jittered upward, or None; a failing hint is logged and noted."""
         retry = self.retry
         try:
-            hint = retry.delay_hint(exc)
+            assert retry.delay_hint is not None
+            hint: object = retry.delay_hint(exc)
             if hint is None:
                 return None
-            if not isinstance(hint, int | float) or isinstance(hint, bool):
+            if isinstance(hint, bool) or not isinstance(hint, numbers.Real | Decimal):
                 raise TypeError(f"delay_hint must return a number or None, got {safe_repr(hint)}")
+            try:
+                delay = float(hint)
+            except OverflowError:  # 10**400, Fraction(10**400): longer than any deadline
+                delay = math.inf if hint > 0 else 0.0  # type: ignore[operator]
         except Exception as err:
-            retry._logger.warning(
-                RETRY_HINT_FAILED, retry=retry.name, attempt=self.attempt, error=safe_repr(err)
+            _log(
+                retry._logger,
+                "warning",
+                RETRY_HINT_FAILED,
+                retry=retry.name,
+                attempt=self.attempt,
+                error=safe_repr(err),
             )
-            exc.add_note(
+            note = (
                 f"trio_resilience: Retry {retry.name!r}: delay_hint raised "
-                f"{safe_repr(err)}; the backoff's delay was used"
+                f"{safe_repr(err)}; the backoff's delay was used after attempt {self.attempt}"
             )
+            exc.add_note(note)  # on this attempt's error, and later on the final one
+            if self.notes is None:
+                self.notes = [note]
+            else:
+                self.notes.append(note)
             return None
-        delay = float(hint)
         if not delay >= 0.0:  # negative or NaN: retry at once
             return 0.0
         jitter = retry.hint_jitter
@@ -235,7 +312,9 @@ class _Run:
         retry = self.retry
         elapsed = _current_time() - self.start
         retry._gave_up[reason] = retry._gave_up.get(reason, 0) + 1
-        retry._logger.error(
+        _log(
+            retry._logger,
+            "error",
             RETRY_GAVE_UP,
             retry=retry.name,
             attempts=self.attempt,
@@ -244,15 +323,26 @@ class _Run:
             reason=reason,
         )
         if exc is not None:
+            # The delay_hint failures of earlier attempts go on the error the caller gets.
+            for note in self.notes or ():
+                if note not in getattr(exc, "__notes__", ()):
+                    exc.add_note(note)
             exc.add_note(
                 f"trio_resilience: Retry {retry.name!r} gave up after {self.attempt} "
                 f"attempt{'s' if self.attempt != 1 else ''} over {elapsed:.3f}s: {_WHY[reason]}"
             )
 
     async def sleep(self, delay: float) -> None:
-        """Sleep before the next attempt; a cancelled sleep gives the budget token back."""
+        """Sleep before the next attempt; a cancelled sleep gives the budget token back.
+
+        The retry counts (``attempt``, the Retry's ``retries``) only once the sleep is
+        over: a retry whose sleep was cancelled was not made.
+        """
         try:
             await trio.sleep(delay)
+            if self.wait_busy:
+                self.wait_busy = False
+                await self._wait_for_breakers()
         except BaseException:
             if self.withdrew:
                 self.withdrew = False
@@ -261,6 +351,15 @@ class _Run:
                     budget.give_back()
             raise
         self.withdrew = False
+        self.attempt += 1
+        self.retry._retries += 1
+
+    async def _wait_for_breakers(self) -> None:
+        """Wait until the breakers would admit a call, at most to ``max_total_duration``."""
+        total = self.retry.max_total_duration
+        with trio.move_on_at(self.start + total if total is not None else math.inf):
+            for breaker in self.breakers:
+                await breaker.wait_ready()
 
 
 class Retry:

@@ -25,6 +25,7 @@ from ._runs import run_token
 from ._validate import MAX_COUNT, check_bool, check_number, check_str, check_window
 
 _current_time = trio.current_time
+_current_clock = trio.lowlevel.current_clock
 _BUCKETS = 10
 _DEP, _WD = 0, 1  # the ring's fields
 #: Denominators of ``ratio`` and of the reserve's factors are limited to this: 0.1 is 1/10.
@@ -80,7 +81,10 @@ class RetryBudget:
     ``ratio`` is exact: it is kept as the nearest fraction with a denominator up to
     10**9 (``0.1`` is 1/10, ``1/3`` is 1/3), and balances are compared in integers.
 
-    A budget used in a new ``trio.run`` starts with an empty window.
+    A budget used in a new ``trio.run`` starts with an empty window, which the new
+    run's first deposit already counts in. (The first deposit notices the new run by
+    its clock object; a run given the very clock object of an earlier run is noticed
+    at its first withdrawal instead, and its deposits until then are forgotten.)
 
     Args:
         ratio: tokens deposited per first attempt (0.1: one retry per ten calls).
@@ -96,6 +100,7 @@ class RetryBudget:
 
     __slots__ = (
         "__weakref__",
+        "_clock",
         "_dep_unit",
         "_deposits",
         "_given_back",
@@ -144,6 +149,7 @@ class RetryBudget:
         self._reserve_units = reserve.numerator * (scale // reserve.denominator)
         self._ring = TimeRing(self.window, _BUCKETS, 2)
         self._run: object = None
+        self._clock: object = None  # the clock of the run last seen by deposit()
         self._deposits = 0
         self._withdrawals = 0
         self._rejected = 0
@@ -165,6 +171,7 @@ class RetryBudget:
         token = run_token()
         if token is not self._run:
             self._run = token
+            self._clock = _current_clock()
             self._ring.clear()
             self._remote_dep = self._remote_wd = 0
             self._remote_at = -math.inf
@@ -172,12 +179,14 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """Count one first attempt (``ratio`` tokens). Needs ``trio.run``."""
-        # The hot path reads the clock only; the run is checked where tokens are spent
-        # or read (try_withdraw, statistics, the port), which clears an earlier run's
-        # counts before they could fund a retry (deposits of the new run made before
-        # that first check go with them: conservative, never generous).
-        now = _current_time() if self._run is not None else self._now()
-        self._ring.count(now, _DEP, 1)
+        # The hot path reads the clock through its clock object (as trio.current_time
+        # does, at the same cost): a different clock object is a new run, whose first
+        # deposit then starts the window afresh and counts in it.
+        clock = _current_clock()
+        if clock is not self._clock:
+            self._clock = clock
+            self._now()
+        self._ring.count(clock.current_time(), _DEP, 1)
         self._deposits += 1
         self._unsynced_dep += 1
 
@@ -220,6 +229,16 @@ class RetryBudget:
         self._ring.count(self._now(), _WD, -1)
         self._withdrawals -= 1
         self._given_back += 1
+        self._unsynced_wd -= 1
+
+    def _undo_withdraw(self) -> None:
+        """Cancel the :meth:`try_withdraw` just made (Retry gave up before sleeping).
+
+        Unlike :meth:`give_back` it is not counted in ``given_back``: nothing was
+        withdrawn, as far as the statistics go.
+        """
+        self._ring.count(self._now(), _WD, -1)
+        self._withdrawals -= 1
         self._unsynced_wd -= 1
 
     # ------------------------------------------------------------ the sharing port

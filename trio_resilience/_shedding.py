@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -47,7 +48,7 @@ class SheddingPolicy:
     #: Whether the policy works with :class:`ShedSendChannel` around a plain channel.
     send_side_only = False
 
-    def shed_probability(self, queued: int, max_buffer_size: int) -> float:
+    def shed_probability(self, queued: int, max_buffer_size: float) -> float:
         """Probability that a send arriving with ``queued`` items ahead is shed."""
         return 0.0
 
@@ -76,11 +77,11 @@ class ProbabilisticShedding(SheddingPolicy):
         self.rng = rng
         self._random = (rng or random._inst).random
 
-    def shed_probability(self, queued: int, max_buffer_size: int) -> float:
+    def shed_probability(self, queued: int, max_buffer_size: float) -> float:
         p = queued / max_buffer_size - 1.0
         return 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
 
-    def should_shed(self, queued: int, max_buffer_size: int) -> bool:
+    def should_shed(self, queued: int, max_buffer_size: float) -> bool:
         """Draw once (only when p > 0) and say whether to shed."""
         p = self.shed_probability(queued, max_buffer_size)
         return p > 0.0 and self._random() < p
@@ -96,7 +97,7 @@ class DropNewest(SheddingPolicy):
     name = "drop_newest"
     send_side_only = True
 
-    def shed_probability(self, queued: int, max_buffer_size: int) -> float:
+    def shed_probability(self, queued: int, max_buffer_size: float) -> float:
         return 1.0 if queued >= max_buffer_size else 0.0
 
 
@@ -175,8 +176,8 @@ class ShedChannelStatistics:
     """Accepted items dropped from the buffer (drop-oldest, CoDel, receiver closed)."""
     current_buffer_used: int
     """Items in the buffer now."""
-    max_buffer_size: int
-    """The buffer's capacity."""
+    max_buffer_size: int | float
+    """The buffer's capacity (``math.inf`` for an unbounded channel)."""
     tasks_waiting_send: int
     """Senders waiting for room."""
     tasks_waiting_receive: int
@@ -307,7 +308,7 @@ class _State(Generic[T]):
         "stamps",
     )
 
-    def __init__(self, max_buffer_size: int, policy: SheddingPolicy, acct: _Accounting) -> None:
+    def __init__(self, max_buffer_size: float, policy: SheddingPolicy, acct: _Accounting) -> None:
         self.max_buffer_size = max_buffer_size
         self.policy = policy
         self.mode = _mode_of(policy)
@@ -689,15 +690,17 @@ _DEFAULT_POLICY = ProbabilisticShedding()
 
 
 def _open_shedding_channel(
-    max_buffer_size: int,
+    max_buffer_size: float,
     policy: SheddingPolicy,
     on_shed: OnShed | None,
     name: str,
     logger: Any,
 ) -> tuple[ShedMemorySendChannel[Any], ShedMemoryReceiveChannel[Any]]:
-    if not isinstance(max_buffer_size, int) or isinstance(max_buffer_size, bool):
-        raise TypeError(f"max_buffer_size must be an int, got {max_buffer_size!r}")
-    if max_buffer_size < 1:
+    if isinstance(max_buffer_size, float) and max_buffer_size == math.inf:
+        pass  # unbounded, as trio.open_memory_channel(math.inf): only CoDel ever drops
+    elif not isinstance(max_buffer_size, int) or isinstance(max_buffer_size, bool):
+        raise TypeError(f"max_buffer_size must be an int or math.inf, got {max_buffer_size!r}")
+    elif max_buffer_size < 1:
         raise ValueError(f"max_buffer_size must be >= 1, got {max_buffer_size!r}")
     _check_common(policy, on_shed, name, logger)
     state: _State[Any] = _State(max_buffer_size, policy, _Accounting(policy, on_shed, name, logger))
@@ -715,7 +718,8 @@ class open_shedding_channel(tuple["ShedMemorySendChannel[T]", "ShedMemoryReceive
     ``trio.open_memory_channel[int](10)`` does.
 
     Args:
-        max_buffer_size: the buffer's capacity, at least 1.
+        max_buffer_size: the buffer's capacity, at least 1, or ``math.inf`` (unbounded,
+            as for ``trio.open_memory_channel``: then only CoDel ever drops items).
         policy: :class:`ProbabilisticShedding` (default), :class:`DropNewest`,
             :class:`DropOldest` or :class:`CoDelShedding`.
         on_shed: called as ``on_shed(item, reason)`` for every item shed or evicted;
@@ -729,7 +733,7 @@ class open_shedding_channel(tuple["ShedMemorySendChannel[T]", "ShedMemoryReceive
 
     def __new__(  # type: ignore[misc]
         cls,
-        max_buffer_size: int,
+        max_buffer_size: float,
         *,
         policy: SheddingPolicy = _DEFAULT_POLICY,
         on_shed: OnShed | None = None,
@@ -742,7 +746,7 @@ class open_shedding_channel(tuple["ShedMemorySendChannel[T]", "ShedMemoryReceive
 
         def __init__(
             self,
-            max_buffer_size: int,
+            max_buffer_size: float,
             *,
             policy: SheddingPolicy = _DEFAULT_POLICY,
             on_shed: OnShed | None = None,
@@ -792,7 +796,9 @@ class ShedSendChannel(_SyncClose, trio.abc.SendChannel[T]):
                 f"policy {policy!r} needs the receive side; use open_shedding_channel() instead"
             )
         size = memory_send_channel.statistics().max_buffer_size
-        if not isinstance(size, int) or size < 1:
+        # Trio allows only ints >= 0 and math.inf. An unbounded channel never refuses a
+        # send, so nothing is ever shed; it is accepted for its statistics.
+        if size != math.inf and (not isinstance(size, int) or size < 1):
             raise ValueError(f"max_buffer_size must be >= 1, got {size!r}")
         self._channel = memory_send_channel
         self._max = size
