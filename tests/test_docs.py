@@ -75,7 +75,7 @@ _RUNNER = _PATCH + textwrap.dedent(
 # per block (each a fresh process running the block as __main__): start-up is paid once.
 _FORK_SERVER = _PATCH + textwrap.dedent(
     """
-    import json, os, select, signal, time, traceback
+    import json, os, signal, traceback
     import trio_resilience, trio_resilience.testing, structlog  # the shared imports
 
     def child(script):
@@ -85,6 +85,7 @@ _FORK_SERVER = _PATCH + textwrap.dedent(
         os.dup2(err, 2)
         sys.argv = [script]
         code = 0
+        signal.alarm(max(1, int(timeout)))  # a block that hangs is killed by SIGALRM
         try:
             runpy.run_path(script, run_name="__main__")
         except SystemExit as exc:
@@ -104,15 +105,10 @@ _FORK_SERVER = _PATCH + textwrap.dedent(
             pid = os.fork()
             if pid == 0:
                 child(script)
-            running[pid] = (script, time.monotonic())
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid == 0:
-            for pid, (script, started) in list(running.items()):
-                if time.monotonic() - started > timeout:
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
-            continue
-        script, _ = running.pop(pid)
+            running[pid] = script
+        # Block until a child ends: each child's own alarm bounds how long that takes.
+        pid, status = os.waitpid(-1, 0)
+        script = running.pop(pid)
         codes[script] = os.waitstatus_to_exitcode(status)
     print(json.dumps(codes))
     """

@@ -208,7 +208,7 @@ def _plain_table(headers: list[str], body: list[list[str]], left: int) -> list[s
 
 def _render_plain(result: DemoResult | None, out: TextIO, wave2: Wave2Result | None) -> None:
     def say(text: str = "") -> None:
-        print(text, file=out)
+        out.write(text + "\n")
 
     if result is not None:
         say(_title(result))
