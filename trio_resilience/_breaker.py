@@ -28,7 +28,7 @@ from ._classify import (
 )
 from ._decorate import decorate
 from ._exceptions import CircuitOpenError
-from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger
+from ._log import BREAKER_LISTENER_FAILED, BREAKER_STATE_CHANGED, get_logger, log_safely, safe_repr
 from ._ring import TimeRing
 from ._runs import run_token
 from ._state import (
@@ -151,14 +151,6 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and any(
         isinstance(leaf, trio.Cancelled) for leaf in leaves(exc)
     )
-
-
-def _safe_repr(value: object) -> str:
-    """``repr(value)``, or a placeholder when its ``__repr__`` raises."""
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__} object (repr failed)>"
 
 
 def _json_seconds(value: float) -> float | None:
@@ -297,7 +289,7 @@ class CircuitBreaker:
         logger: Any = None,
     ) -> None:
         if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {_safe_repr(name)}")
+            raise TypeError(f"name must be a str, got {safe_repr(name)}")
         if not name:
             raise ValueError("name must not be empty, got ''")
         self.name = name
@@ -319,7 +311,7 @@ class CircuitBreaker:
         elif isinstance(recovery_timeout, int | float) and not isinstance(recovery_timeout, bool):
             self.recovery_timeout = _number("recovery_timeout", recovery_timeout, ge=0)
         else:
-            got = _safe_repr(recovery_timeout)
+            got = safe_repr(recovery_timeout)
             raise TypeError(f"recovery_timeout must be a number or a Backoff, got {got}")
         self.success_threshold = check_int("success_threshold", success_threshold, minimum=1)
         self.half_open_max_calls = check_int("half_open_max_calls", half_open_max_calls, minimum=1)
@@ -920,12 +912,11 @@ class CircuitBreaker:
         Log values stay JSON-safe: ``exc_info=True`` (structlog's ``format_exc_info``,
         or stdlib logging, renders the exception being handled), never the exception.
         """
-        self._log("error", BREAKER_SHARING_FAILED, hook=what, error=_safe_repr(exc), exc_info=True)
+        self._log("error", BREAKER_SHARING_FAILED, hook=what, error=safe_repr(exc), exc_info=True)
 
     def _log(self, level: str, event: str, **values: Any) -> None:
         """Log ``event``; a logger (or a value's repr) that raises never reaches a call."""
-        with contextlib.suppress(Exception):
-            getattr(self._logger, level)(event, breaker=self.name, **values)
+        log_safely(self._logger, level, event, breaker=self.name, **values)
 
     def _settle(self, ticket: int | _Ticket, exc: BaseException | None) -> None:
         if exc is None:
@@ -964,7 +955,7 @@ class CircuitBreaker:
                     "error",
                     BREAKER_CLASSIFY_FAILED,
                     predicate="failure_if_result",
-                    error=_safe_repr(error),
+                    error=safe_repr(error),
                     exc_info=True,
                 )
                 failed = True
@@ -990,7 +981,7 @@ class CircuitBreaker:
                 "error",
                 BREAKER_CLASSIFY_FAILED,
                 predicate="failure_on/ignore_on",
-                error=_safe_repr(error),
+                error=safe_repr(error),
                 exc_info=True,
             )
             return FAILURE
@@ -1305,7 +1296,7 @@ class CircuitBreaker:
             try:
                 listener(change)
             except Exception as exc:
-                self._log("error", BREAKER_LISTENER_FAILED, error=_safe_repr(exc), exc_info=True)
+                self._log("error", BREAKER_LISTENER_FAILED, error=safe_repr(exc), exc_info=True)
         if shared is not None:
             for fn in tuple(shared.listeners):
                 try:

@@ -29,8 +29,7 @@ from ._classify import FAILURE, NOTHING, SUCCESS, Matcher, classify
 from ._concurrency_algorithms import ALGORITHMS
 from ._decorate import decorate
 from ._exceptions import BulkheadFullError
-from ._log import CLASSIFY_FAILED, get_logger
-from ._ratelimit_parts import short_repr
+from ._log import CLASSIFY_FAILED, get_logger, safe_repr
 from ._runs import run_token
 from ._validate import check_int, check_logger, check_optional_number, check_str
 
@@ -226,7 +225,7 @@ class AdaptiveConcurrency:
                     self._logger.error(
                         CLASSIFY_FAILED,
                         concurrency=self.name,
-                        error=short_repr(broken),
+                        error=safe_repr(broken, 200),
                         exc_info=True,
                     )
                 if verdict in (FAILURE, SUCCESS):  # not cancelled or ignored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import structlog
@@ -39,6 +40,12 @@ def safe_repr(value: object, limit: int = 1000) -> str:
     if len(text) > limit:
         return text[: limit - 3] + "..."
     return text
+
+
+def log_safely(logger: Any, level: str, event: str, **values: Any) -> None:
+    """Log ``event`` at ``level``; a logger that raises changes nothing for the caller."""
+    with contextlib.suppress(Exception):
+        getattr(logger, level)(event, **values)
 
 
 def get_logger(logger: Any = None) -> Any:

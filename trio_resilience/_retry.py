@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import random
@@ -26,6 +25,7 @@ from ._log import (
     RETRY_HINT_FAILED,
     RETRY_SCHEDULED,
     get_logger,
+    log_safely,
     safe_repr,
 )
 from ._retry_budget import RetryBudget as RetryBudget  # re-exported: wave-1 import path
@@ -71,12 +71,6 @@ class _Breaker(Protocol):
 #: Outside a Pipeline, a retried ``CircuitOpenError`` with ``retry_after`` 0 (half-open,
 #: probes busy) waits at least this long, so a zero backoff never spins on it.
 BUSY_PROBE_FLOOR = 0.01
-
-
-def _log(logger: Any, level: str, event: str, **values: Any) -> None:
-    """Log through ``logger``; a logger that raises changes nothing for the caller."""
-    with contextlib.suppress(Exception):
-        getattr(logger, level)(event, **values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +138,7 @@ class _Run:
         try:
             retryable = is_retryable(exc, retry._matcher)
         except Exception as err:  # a retry_on predicate raised: do not retry
-            _log(
+            log_safely(
                 retry._logger,
                 "error",
                 CLASSIFY_FAILED,
@@ -248,7 +242,7 @@ class _Run:
             self.wait_busy = False
             self._give_up(exc, self._what(exc, value), reason if exc is not None else "result")
             return None
-        _log(
+        log_safely(
             retry._logger,
             "warning",
             RETRY_SCHEDULED,
@@ -274,7 +268,7 @@ class _Run:
             except OverflowError:  # 10**400, Fraction(10**400): longer than any deadline
                 delay = math.inf if hint > 0 else 0.0  # type: ignore[operator]
         except Exception as err:
-            _log(
+            log_safely(
                 retry._logger,
                 "warning",
                 RETRY_HINT_FAILED,
@@ -312,7 +306,7 @@ class _Run:
         retry = self.retry
         elapsed = _current_time() - self.start
         retry._gave_up[reason] = retry._gave_up.get(reason, 0) + 1
-        _log(
+        log_safely(
             retry._logger,
             "error",
             RETRY_GAVE_UP,

@@ -29,8 +29,7 @@ from . import _live
 from ._classify import FAILURE, NOTHING, SUCCESS, Matcher, classify
 from ._decorate import decorate
 from ._exceptions import ThrottledError
-from ._log import CLASSIFY_FAILED, get_logger
-from ._ratelimit_parts import short_repr
+from ._log import CLASSIFY_FAILED, get_logger, safe_repr
 from ._ring import TimeRing
 from ._runs import run_token
 from ._validate import check_logger, check_number, check_str
@@ -192,7 +191,7 @@ class AdaptiveThrottle:
             except Exception as broken:  # a failure_on predicate raised
                 verdict = FAILURE
                 self._logger.error(
-                    CLASSIFY_FAILED, throttle=self.name, error=short_repr(broken), exc_info=True
+                    CLASSIFY_FAILED, throttle=self.name, error=safe_repr(broken, 200), exc_info=True
                 )
             # Cancellation and BaseExceptions that are not Exceptions count as nothing.
             if verdict in (FAILURE, SUCCESS):

@@ -12,6 +12,8 @@ import anyio
 import coredis.exceptions as cx
 import trio
 
+from .._log import safe_repr
+
 # Errors that mean Redis is unreachable, slow or unusable (never a data problem).
 _DOWN = (
     cx.ConnectionError,
@@ -66,8 +68,4 @@ def without_errors(exc: BaseException) -> BaseException | None:
 
 def describe(value: Any) -> str:
     """``repr(value)`` cut at 200 characters, even when that ``repr`` raises."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__name__}>"
-    return text[:200]
+    return safe_repr(value, 200)
