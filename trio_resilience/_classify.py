@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import trio
 
 from ._exceptions import ResilienceError
+from ._log import CLASSIFY_FAILED, log_safely, safe_repr
 from ._validate import is_async_callable
 
 ExceptionSpec: TypeAlias = (
@@ -153,3 +154,15 @@ def is_retryable(exc: BaseException, retry_on: Matcher) -> bool:
         if not found and retry_on.leaf_strict(leaf):
             found = True
     return found
+
+
+def classify_or_failure(exc: BaseException, failure_on: Matcher, logger: Any, **keys: Any) -> int:
+    """:func:`classify` with no ``ignore_on``; a ``failure_on`` predicate that raises
+    counts the call as a failure and logs ``trio_resilience.classify_failed``."""
+    try:
+        return classify(exc, failure_on, NOTHING)
+    except Exception as broken:
+        log_safely(
+            logger, "error", CLASSIFY_FAILED, error=safe_repr(broken, 200), exc_info=True, **keys
+        )
+        return FAILURE

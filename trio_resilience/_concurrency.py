@@ -25,11 +25,11 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
-from ._classify import FAILURE, NOTHING, SUCCESS, Matcher, classify
+from ._classify import FAILURE, SUCCESS, Matcher, classify_or_failure
 from ._concurrency_algorithms import ALGORITHMS
 from ._decorate import decorate
 from ._exceptions import BulkheadFullError
-from ._log import CLASSIFY_FAILED, get_logger, safe_repr
+from ._log import get_logger
 from ._runs import run_token
 from ._validate import check_int, check_logger, check_optional_number, check_str
 
@@ -218,16 +218,9 @@ class AdaptiveConcurrency:
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                try:
-                    verdict = classify(exc, self._matcher, NOTHING)
-                except Exception as broken:  # a failure_on predicate raised
-                    verdict = FAILURE
-                    self._logger.error(
-                        CLASSIFY_FAILED,
-                        concurrency=self.name,
-                        error=safe_repr(broken, 200),
-                        exc_info=True,
-                    )
+                verdict = classify_or_failure(
+                    exc, self._matcher, self._logger, concurrency=self.name
+                )
                 if verdict in (FAILURE, SUCCESS):  # not cancelled or ignored
                     self._sample(start, verdict == FAILURE)
                 raise

@@ -26,10 +26,10 @@ from typing import Any, ParamSpec, TypeVar
 import trio
 
 from . import _live
-from ._classify import FAILURE, NOTHING, SUCCESS, Matcher, classify
+from ._classify import FAILURE, SUCCESS, Matcher, classify_or_failure
 from ._decorate import decorate
 from ._exceptions import ThrottledError
-from ._log import CLASSIFY_FAILED, get_logger, safe_repr
+from ._log import get_logger
 from ._ring import TimeRing
 from ._runs import run_token
 from ._validate import check_logger, check_number, check_str
@@ -186,13 +186,7 @@ class AdaptiveThrottle:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            try:
-                verdict = classify(exc, self._matcher, NOTHING)
-            except Exception as broken:  # a failure_on predicate raised
-                verdict = FAILURE
-                self._logger.error(
-                    CLASSIFY_FAILED, throttle=self.name, error=safe_repr(broken, 200), exc_info=True
-                )
+            verdict = classify_or_failure(exc, self._matcher, self._logger, throttle=self.name)
             # Cancellation and BaseExceptions that are not Exceptions count as nothing.
             if verdict in (FAILURE, SUCCESS):
                 offset = ring.advance(trio.current_time())
